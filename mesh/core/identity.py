@@ -1,0 +1,61 @@
+"""Host identity: an ed25519 key pair; the node id is derived from the public key.
+
+Ids are 160 bits (the size of Kademlia ids) so placement can use the XOR metric directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import blake3
+import nacl.exceptions
+import nacl.signing
+
+from mesh.errors import ProtocolError
+
+NODE_ID_BYTES = 20
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+
+
+def node_id_of(public_key: bytes) -> str:
+    """The node id of a public key: the first 160 bits of its BLAKE3 hash, in hex."""
+    if len(public_key) != PUBLIC_KEY_BYTES:
+        raise ProtocolError("bad_public_key", f"{len(public_key)} bytes")
+    return blake3.blake3(public_key).digest(length=NODE_ID_BYTES).hex()
+
+
+def verify(public_key: bytes, message: bytes, signature: bytes) -> None:
+    """Raise ProtocolError('bad_signature') unless ``signature`` signs ``message``."""
+    if len(signature) != SIGNATURE_BYTES or len(public_key) != PUBLIC_KEY_BYTES:
+        raise ProtocolError("bad_signature", "wrong length")
+    try:
+        nacl.signing.VerifyKey(public_key).verify(message, signature)
+    except (nacl.exceptions.BadSignatureError, ValueError) as exc:
+        raise ProtocolError("bad_signature") from exc
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A host's signing key. The runtime loads or creates the seed; the core only signs."""
+
+    seed: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.seed) != 32:
+            raise ValueError("an ed25519 seed is 32 bytes")
+
+    @property
+    def _signing_key(self) -> nacl.signing.SigningKey:
+        return nacl.signing.SigningKey(self.seed)
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self._signing_key.verify_key)
+
+    @property
+    def node_id(self) -> str:
+        return node_id_of(self.public_key)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._signing_key.sign(message).signature
