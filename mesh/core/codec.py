@@ -48,7 +48,6 @@ def unpack(data: bytes, max_size: int) -> Any:
             data,
             raw=False,
             strict_map_key=False,
-            max_buffer_size=max_size,
             max_bin_len=max_size,
             max_str_len=max_size,
             max_array_len=max_size // 2 + 1,
