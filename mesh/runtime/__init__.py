@@ -1,0 +1,1 @@
+"""The real runtime: asyncio on uvloop, sockets, disk. Drives the sans-IO cores in mesh.core."""

@@ -1,0 +1,1 @@
+"""Local storage of a node: content-addressed chunk files and transactional metadata."""

@@ -1,0 +1,177 @@
+"""elton: put, get and inspect versions through this host's eltond."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mesh.cli.common import human_bytes, run
+from mesh.client import Client, Progress, default_url
+from mesh.core.keys import validate_key
+
+PROGRESS_MIN_BYTES = 4 * 1024 * 1024
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """``KEY@N`` -> (KEY, N); ``KEY`` -> (KEY, None). Only a numeric suffix counts as a version."""
+    key, sep, version = ref.rpartition("@")
+    if sep and version.isdigit() and key:
+        return validate_key(key), int(version)
+    return validate_key(ref), None
+
+
+@contextmanager
+def progress_bar(total: int | None, label: str, enabled: bool) -> Iterator[Progress | None]:
+    """A rich progress bar on stderr for large transfers when a person is watching."""
+    if not enabled or not sys.stderr.isatty() or (total is not None and total < PROGRESS_MIN_BYTES):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", envvar="ELTON_HOST", default=None, help=f"eltond URL [default: $ELTON_HOST or {default_url()}]")
+@click.pass_context
+def cli(ctx: click.Context, host: str | None) -> None:
+    """Store and read immutable versions of keys in the Elton mesh."""
+    ctx.obj = Client(host)
+
+
+@cli.command()
+@click.argument("key")
+@click.argument("source", type=click.Path(allow_dash=True, dir_okay=False, path_type=str))
+@click.option("--parent", type=int, help="fail unless the latest version is this one (0: new key)")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def put(client: Client, key: str, source: str, parent: int | None, as_json: bool) -> None:
+    """Store FILE (or - for stdin) as the next version of KEY; prints KEY@N."""
+    validate_key(key)
+    if source == "-":
+        result = client.put(key, sys.stdin.buffer, parent=parent)
+    else:
+        size = os.path.getsize(source)
+        with open(source, "rb") as f, progress_bar(size, f"put {key}", True) as bar:
+            result = client.put(key, f, parent=parent, progress=bar)
+    click.echo(json.dumps(result) if as_json else f"{result['key']}@{result['version']}")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True, path_type=str),
+              help="file to write [default: the key's last segment in the current directory]")
+@click.pass_obj
+def get(client: Client, ref: str, output: str | None) -> None:
+    """Write KEY[@N] to a file; nothing is left behind if the download fails."""
+    key, version = parse_ref(ref)
+    if output == "-":
+        _stream_to_stdout(client, key, version)
+        return
+    target = Path(output or key.rsplit("/", 1)[-1])
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            download = client.get(key, version)
+            with progress_bar(download.size, f"get {key}", True) as bar:
+                for data in download:
+                    f.write(data)
+                    if bar:
+                        bar(len(data))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    click.echo(f"{key}@{download.version} -> {target}", err=True)
+
+
+def _stream_to_stdout(client: Client, key: str, version: int | None) -> None:
+    out = sys.stdout.buffer
+    for data in client.get(key, version):
+        out.write(data)
+    out.flush()
+
+
+@cli.command()
+@click.argument("ref")
+@click.pass_obj
+def cat(client: Client, ref: str) -> None:
+    """Write KEY[@N] to stdout."""
+    key, version = parse_ref(ref)
+    _stream_to_stdout(client, key, version)
+
+
+@cli.command()
+@click.argument("key")
+@click.option("--limit", default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def log(client: Client, key: str, limit: int, as_json: bool) -> None:
+    """List KEY's versions, newest first."""
+    versions = client.versions(validate_key(key), limit=limit)
+    if as_json:
+        click.echo(json.dumps(versions))
+        return
+    for v in versions:
+        msg = v.get("meta", {}).get("message", "")
+        click.echo(f"{v['key']}@{v['version']}  {_when(v['issued_at'])}  {human_bytes(v['size']):>10}  "
+                   f"parent {v['parent']}  by {v['author'][:12]}{'  ' + msg if msg else ''}")
+
+
+@cli.command(name="ls")
+@click.argument("prefix", default="")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def ls(client: Client, prefix: str, as_json: bool) -> None:
+    """List keys (under PREFIX) with their latest version."""
+    keys = client.list(prefix)
+    if as_json:
+        click.echo(json.dumps(keys))
+        return
+    for k in keys:
+        click.echo(f"{k['key']}@{k['version']}  {human_bytes(k['size']):>10}  {_when(k['issued_at'])}")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def stat(client: Client, ref: str, as_json: bool) -> None:
+    """Show the manifest of KEY[@N]: size, chunks, hash, parent, author, issuer."""
+    key, version = parse_ref(ref)
+    m: dict[str, Any] = client.manifest(key, version)
+    if as_json:
+        click.echo(json.dumps(m))
+        return
+    for name, value in [
+        ("key", m["key"]), ("version", m["version"]), ("parent", m["parent"]),
+        ("size", f"{m['size']} ({human_bytes(m['size'])})"), ("chunks", len(m["chunks"])),
+        ("hash", f"blake3:{m['content_hash']}"), ("kind", m["kind"]), ("issued", _when(m["issued_at"])),
+        ("author", m["author"]), ("issuer", m["issuer"]),
+    ]:
+        click.echo(f"{name + ':':9} {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(cli, "elton", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""The Python client of a node's HTTP API; the `elton` CLI and eltonfs are thin shells over it.
+
+Synchronous (http.client) so it works the same from a CLI, a thread of the FUSE layer or a test.
+One keep-alive connection per thread. Every download is verified: each chunk by its hash on
+``get_chunk``, a whole version by its content hash at the end of ``get``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote, urlencode, urlsplit
+
+import blake3
+
+from mesh.core.manifest import chunk_hash
+from mesh.errors import CorruptChunk, DaemonUnreachable, InvalidRequest, from_json
+
+DEFAULT_URL = "http://127.0.0.1:7420"
+BLOCK = 1024 * 1024
+Progress = Callable[[int], None]
+
+
+def default_url() -> str:
+    return os.environ.get("ELTON_HOST") or DEFAULT_URL
+
+
+def _k(key: str) -> str:
+    return quote(key, safe="/")
+
+
+class Download:
+    """A streamed version: iterate for bytes; the content hash is checked when the stream ends."""
+
+    def __init__(self, client: Client, resp: http.client.HTTPResponse, verify: bool) -> None:
+        self._client = client
+        self._resp = resp
+        self.version = int(resp.getheader("X-Elton-Version", "0"))
+        self.size = int(resp.getheader("Content-Length", "0"))
+        self.content_hash = (resp.getheader("ETag") or "").strip('"')
+        self._verify = verify and resp.status == 200
+
+    def __iter__(self) -> Iterator[bytes]:
+        hasher = blake3.blake3() if self._verify else None
+        got = 0
+        try:
+            while True:
+                data = self._resp.read1(BLOCK) if hasattr(self._resp, "read1") else self._resp.read(BLOCK)
+                if not data:
+                    break
+                got += len(data)
+                if hasher is not None:
+                    hasher.update(data)
+                yield data
+        except (http.client.IncompleteRead, OSError) as exc:
+            self._client._drop_connection()
+            raise CorruptChunk(f"download broke off after {got} of {self.size} bytes ({exc})") from exc
+        if got != self.size:
+            self._client._drop_connection()
+            raise CorruptChunk(f"download broke off after {got} of {self.size} bytes")
+        if hasher is not None and hasher.hexdigest() != self.content_hash:
+            raise CorruptChunk(f"content hashes to {hasher.hexdigest()}, not {self.content_hash}")
+
+    def close(self) -> None:
+        if not self._resp.isclosed():
+            self._client._drop_connection()
+
+
+class Client:
+    def __init__(self, base_url: str | None = None, timeout: float = 60.0) -> None:
+        self.base_url = (base_url or default_url()).rstrip("/")
+        parts = urlsplit(self.base_url if "://" in self.base_url else "http://" + self.base_url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise InvalidRequest(f"host must be an http:// URL, not {self.base_url!r}")
+        self._host = parts.hostname
+        self._port = parts.port or 80
+        self.timeout = timeout
+        self._local = threading.local()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout, blocksize=BLOCK)
+            self._local.conn = conn
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def close(self) -> None:
+        self._drop_connection()
+
+    def open(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+             *, retry: bool = True) -> http.client.HTTPResponse:
+        """Send a request and return the response with its body unread (for streaming)."""
+        headers = dict(headers or {})
+        for attempt in (0, 1):
+            conn = self._conn()
+            try:
+                conn.request(method, path, body=body, headers=headers,
+                             encode_chunked=headers.get("Transfer-Encoding") == "chunked")
+                resp = conn.getresponse()
+                break
+            except (ConnectionError, http.client.RemoteDisconnected, http.client.CannotSendRequest,
+                    http.client.ResponseNotReady, BrokenPipeError) as exc:
+                self._drop_connection()
+                # a kept-alive connection may have been closed by the server: retry once if replayable
+                if attempt == 0 and retry and (body is None or isinstance(body, bytes)):
+                    continue
+                raise DaemonUnreachable(f"{self.base_url}: {exc}") from exc
+            except OSError as exc:
+                self._drop_connection()
+                raise DaemonUnreachable(f"{self.base_url}: {exc.strerror or exc}") from exc
+        if resp.status >= 400:
+            raw = resp.read()
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                payload = {"message": f"HTTP {resp.status}: {raw[:200].decode(errors='replace')}"}
+            if resp.getheader("Connection", "").lower() == "close":
+                self._drop_connection()
+            raise from_json(payload if isinstance(payload, dict) else {}, resp.status)
+        return resp
+
+    def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+             *, retry: bool = True) -> bytes:
+        """Send a request and return the whole response body."""
+        return self.open(method, path, body, headers, retry=retry).read()
+
+    def _json(self, method: str, path: str, payload: Any = None, *, body: Any = None,
+              headers: dict[str, str] | None = None, retry: bool = True) -> Any:
+        if payload is not None:
+            body = json.dumps(payload).encode()
+            headers = {"Content-Type": "application/json"}
+        raw = self.call(method, path, body, headers, retry=retry)
+        return json.loads(raw) if raw else None
+
+    # -- node -------------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/health")
+
+    def status(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/status")
+
+    # -- keys -------------------------------------------------------------------------------------
+    def put(self, key: str, source: BinaryIO | str | Path | bytes, *, parent: int | None = None,
+            progress: Progress | None = None) -> dict[str, Any]:
+        """Store ``source`` as the next version of ``key``; returns the version summary."""
+        query = f"?{urlencode({'parent': parent})}" if parent is not None else ""
+        path = f"/v1/data/{_k(key)}{query}"
+        if isinstance(source, bytes):
+            if progress:
+                progress(len(source))
+            return self._json("PUT", path, body=source)
+        if isinstance(source, (str, Path)):
+            with open(source, "rb") as f:
+                return self.put(key, f, parent=parent, progress=progress)
+        headers: dict[str, str] = {"Content-Type": "application/octet-stream"}
+        try:
+            size: int | None = os.fstat(source.fileno()).st_size
+            if not Path(f"/proc/self/fd/{source.fileno()}").resolve().is_file():
+                size = None
+        except (OSError, AttributeError, ValueError):
+            size = None
+        if size is not None:
+            headers["Content-Length"] = str(size - source.tell())
+        else:
+            headers["Transfer-Encoding"] = "chunked"
+        body = _reader(source, progress)
+        return self._json("PUT", path, body=body, headers=headers, retry=False)
+
+    def get(self, key: str, version: int | None = None, *, byte_range: tuple[int, int] | None = None) -> Download:
+        """Stream a version (latest when ``version`` is None); iterate the result for bytes."""
+        query = f"?version={version}" if version is not None else ""
+        headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"} if byte_range else {}
+        resp = self.open("GET", f"/v1/data/{_k(key)}{query}", headers=headers)
+        return Download(self, resp, verify=byte_range is None)
+
+    def read(self, key: str, version: int | None = None) -> bytes:
+        return b"".join(self.get(key, version))
+
+    def download(self, key: str, version: int | None, dest: BinaryIO, progress: Progress | None = None) -> int:
+        d = self.get(key, version)
+        for data in d:
+            dest.write(data)
+            if progress:
+                progress(len(data))
+        return d.version
+
+    def manifest(self, key: str, version: int | None = None) -> dict[str, Any]:
+        return self._json("GET", f"/v1/keys/{_k(key)}/versions/{version if version is not None else 'latest'}")
+
+    def versions(self, key: str, limit: int = 1000) -> list[dict[str, Any]]:
+        return self._json("GET", f"/v1/keys/{_k(key)}/versions?limit={limit}")["versions"]
+
+    def list(self, prefix: str = "", limit: int | None = None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        after = ""
+        while limit is None or len(out) < limit:
+            page = self._json("GET", "/v1/keys?" + urlencode({"prefix": prefix, "after": after, "limit": 1000}))
+            out.extend(page["keys"])
+            if len(page["keys"]) < 1000:
+                break
+            after = page["keys"][-1]["key"]
+        return out if limit is None else out[:limit]
+
+    def commit(self, key: str, *, chunks: Iterable[tuple[str, int]], size: int | None = None,
+               content_hash: str | None = None, kind: str = "file", meta: dict[str, Any] | None = None,
+               parent: int | None = None) -> dict[str, Any]:
+        payload: dict[str, Any] = {"chunks": [[h, s] for h, s in chunks], "kind": kind, "meta": meta or {}}
+        if size is not None:
+            payload["size"] = size
+        if content_hash is not None:
+            payload["content_hash"] = content_hash
+        if parent is not None:
+            payload["parent"] = parent
+        return self._json("POST", f"/v1/keys/{_k(key)}/versions", payload)
+
+    # -- chunks -----------------------------------------------------------------------------------
+    def put_chunk(self, data: bytes) -> str:
+        h = chunk_hash(data)
+        self.call("PUT", f"/v1/chunks/{h}", data, {"Content-Type": "application/octet-stream"})
+        return h
+
+    def get_chunk(self, h: str) -> bytes:
+        data = self.call("GET", f"/v1/chunks/{h}")
+        if chunk_hash(data) != h:
+            raise CorruptChunk(f"chunk {h} arrived with other content")
+        return data
+
+    def missing_chunks(self, hashes: list[str]) -> list[str]:
+        return self._json("POST", "/v1/chunks/missing", {"hashes": hashes})["missing"]
+
+
+def _reader(f: BinaryIO, progress: Progress | None) -> Iterator[bytes]:
+    while True:
+        data = f.read(BLOCK)
+        if not data:
+            return
+        if progress:
+            progress(len(data))
+        yield data
+

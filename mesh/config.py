@@ -1,0 +1,137 @@
+"""Daemon configuration: defaults < TOML file < ELTON_* environment < command-line flags.
+
+The file (``--config FILE``, ``$ELTON_CONFIG``, or ``<data dir>/elton.toml`` when present) uses the
+same names as the flags, with ``_`` for ``-``::
+
+    data_dir = "/var/lib/elton"
+    http = "127.0.0.1:7420"
+    gossip = "0.0.0.0:7946"
+    cluster = "dc1"
+    role = "both"            # both | master | node
+    join = ["10.0.0.1:7946"]
+    token = "..."
+    verbose = false
+    max_object_size = 1099511627776
+
+    [costs]                  # USD per GB by link class (issue 5)
+    lan = 0.0
+
+Every scalar is also read from ``ELTON_<NAME>`` (``ELTON_DATA_DIR``, ``ELTON_HTTP``, ``ELTON_JOIN``
+as a comma-separated list...).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from mesh.errors import ConfigError
+
+ROLES = ("both", "master", "node")
+DEFAULT_HTTP = "127.0.0.1:7420"
+DEFAULT_GOSSIP = "127.0.0.1:7946"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "elton"
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{what} must be HOST:PORT, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = field(default_factory=default_data_dir)
+    http: str = DEFAULT_HTTP
+    gossip: str = DEFAULT_GOSSIP
+    cluster: str = "default"
+    role: str = "both"
+    join: tuple[str, ...] = ()
+    token: str | None = None
+    verbose: bool = False
+    max_object_size: int = 1 << 40
+    costs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def http_addr(self) -> tuple[str, int]:
+        return parse_hostport(self.http, "http")
+
+    @property
+    def gossip_addr(self) -> tuple[str, int]:
+        return parse_hostport(self.gossip, "gossip")
+
+    def validated(self) -> Config:
+        if self.role not in ROLES:
+            raise ConfigError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
+        if not self.cluster or len(self.cluster) > 64:
+            raise ConfigError("cluster must be a name of 1 to 64 characters")
+        self.http_addr, self.gossip_addr  # noqa: B018 -- parse both now, fail early
+        for peer in self.join:
+            parse_hostport(peer, "join")
+        if self.max_object_size <= 0:
+            raise ConfigError("max_object_size must be positive")
+        return self
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name == "data_dir":
+        return Path(os.path.expanduser(str(value)))
+    if name == "join":
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        return tuple(str(v).strip() for v in value)
+    if name == "verbose":
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+    if name == "max_object_size":
+        try:
+            return int(value)
+        except ValueError as exc:
+            raise ConfigError(f"max_object_size must be an integer, not {value!r}") from exc
+    if name == "costs":
+        if not isinstance(value, Mapping):
+            raise ConfigError("[costs] must be a table")
+        return dict(value)
+    return None if value is None else str(value)
+
+
+def load_config(flags: Mapping[str, Any], config_file: Path | None = None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration from the four sources; a flag of None means 'not given'."""
+    env = os.environ if env is None else env
+    names = {f.name for f in fields(Config)}
+    values: dict[str, Any] = {}
+
+    path = config_file or (Path(env["ELTON_CONFIG"]) if env.get("ELTON_CONFIG") else None)
+    data_dir_hint = flags.get("data_dir") or env.get("ELTON_DATA_DIR")
+    if path is None:
+        candidate = Path(os.path.expanduser(str(data_dir_hint))) if data_dir_hint else default_data_dir()
+        if (candidate / "elton.toml").is_file():
+            path = candidate / "elton.toml"
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        unknown = set(raw) - names
+        if unknown:
+            raise ConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
+        values.update(raw)
+    for name in names - {"costs"}:
+        key = f"ELTON_{name.upper()}"
+        if env.get(key):
+            values[name] = env[key]
+    for name, value in flags.items():
+        if value is not None and value != () and name in names:
+            values[name] = value
+    return replace(Config(), **{k: _coerce(k, v) for k, v in values.items()}).validated()

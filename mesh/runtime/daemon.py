@@ -1,0 +1,116 @@
+"""eltond: one process that holds a data dir and serves the node API (and, with the mesh, gossip).
+
+``run_daemon`` can be embedded and stopped by setting an event (after hypercorn's serve); ``serve``
+runs it on uvloop and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+from typing import Any
+
+import uvloop
+from aiohttp import web
+
+from mesh.config import Config
+from mesh.errors import ConfigError
+from mesh.runtime.datadir import DataDir
+from mesh.runtime.http_api import Api
+from mesh.runtime.repository import Repository
+
+log = logging.getLogger("elton.daemon")
+DRAIN_SECONDS = 10.0
+VERSION = "0.1.0"
+
+
+async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    datadir = DataDir(config.data_dir)
+    datadir.create()
+    datadir.lock()
+    repo: Repository | None = None
+    runner: web.AppRunner | None = None
+    try:
+        identity = datadir.identity()
+        repo = Repository(config.data_dir, identity, clock=time.time)
+        started_at = time.time()
+        http_host, http_port = config.http_addr
+        info: dict[str, Any] = {}
+
+        def status() -> dict[str, Any]:
+            assert repo is not None
+            chunks, stored = repo.meta.usage()
+            keys, versions = repo.meta.counts()
+            disk = shutil.disk_usage(config.data_dir)
+            return {
+                **info,
+                "role": config.role,
+                "cluster": config.cluster,
+                "data_dir": str(config.data_dir),
+                "uptime_s": round(time.time() - started_at, 3),
+                "store": {"chunks": chunks, "bytes": stored, "keys": keys, "versions": versions,
+                          "disk_free": disk.free, "disk_total": disk.total},
+            }
+
+        api = Api(repo, status, config.max_object_size)
+        runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=DRAIN_SECONDS,
+                               handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, http_host, http_port, reuse_address=True, backlog=1024)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on http {config.http}: {exc.strerror}") from exc
+        bound = _bound_port(site)
+        info.update({
+            "node_id": identity.node_id,
+            "pid": os.getpid(),
+            "http": f"{http_host}:{bound}",
+            "http_url": f"http://{_url_host(http_host)}:{bound}",
+            "gossip": config.gossip,
+            "version": VERSION,
+            "started_at": started_at,
+        })
+        datadir.write_runtime({**info, "role": config.role, "cluster": config.cluster})
+        log.warning("eltond ready", extra={"node_id": identity.node_id, "http": info["http"]})
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.warning("eltond stopping: draining requests")
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        if repo is not None:
+            repo.close()
+        datadir.clear_runtime()
+        datadir.unlock()
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp keeps the asyncio server here; port 0 asks the OS for one
+    if server is not None and server.sockets:
+        return int(server.sockets[0].getsockname()[1])
+    raise ConfigError("http listener has no socket")
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    try:
+        socket.inet_pton(socket.AF_INET6, host)
+        return f"[{host}]"
+    except OSError:
+        return host
+
+
+def serve(config: Config) -> int:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run_daemon(config))
+    return 0

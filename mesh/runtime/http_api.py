@@ -1,0 +1,302 @@
+"""The node's HTTP API (aiohttp). Application-facing; on loopback by default.
+
+A versioned GET is immutable, so it carries ``Cache-Control: immutable`` and the content hash as
+its ETag: any standard HTTP cache in front of a node is a correct CDN. The latest-version GET is
+``no-store`` and names the version it served in ``X-Elton-Version``.
+
+Paths ending in ``/versions`` or ``/versions/{N|latest}`` under ``/v1/keys/`` are metadata; the
+content of any key, including one whose last segment is ``versions``, is also at ``/v1/data/{key}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from mesh.core.manifest import ChunkRef, Manifest
+from mesh.errors import (
+    EltonError,
+    IncompleteUpload,
+    InvalidRequest,
+    RangeNotSatisfiable,
+    StorageFull,
+    TooLarge,
+)
+from mesh.runtime.openapi import OPENAPI
+from mesh.runtime.repository import MAX_CHUNK_UPLOAD, Repository
+from mesh.store.chunks import check_hash
+
+log = logging.getLogger("elton.http")
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+READ_SIZE = 1024 * 1024
+MAX_LIST = 10_000
+MAX_MISSING_QUERY = 100_000
+MAX_JSON_BODY = 64 * 1024 * 1024
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def manifest_summary(m: Manifest) -> dict[str, Any]:
+    d = m.to_json()
+    d.pop("chunks")
+    d["chunk_count"] = len(m.chunks)
+    return d
+
+
+def _int_param(request: web.Request, name: str, default: int | None = None, minimum: int = 0) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) < minimum:
+        raise InvalidRequest(f"{name} must be an integer >= {minimum}, not {raw!r}")
+    return int(raw)
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """(start, end exclusive) for a single byte range, None to serve the whole body."""
+    m = _RANGE.match(header.strip())
+    if not m:
+        return None  # multi-range or other units: allowed to ignore, we serve the whole body
+    first, last = m.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":
+        n = int(last)
+        if n == 0:
+            raise RangeNotSatisfiable(f"empty suffix range; size is {size}")
+        return max(0, size - n), size
+    start = int(first)
+    end = min(size, int(last) + 1) if last else size
+    if start >= size or end <= start:
+        raise RangeNotSatisfiable(f"{header} of {size} bytes")
+    return start, end
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except EltonError as exc:
+        if exc.http_status >= 500:
+            log.warning("%s %s failed: %s", request.method, request.path, exc.message)
+        return web.json_response(exc.to_json(), status=exc.http_status)
+    except web.HTTPException:
+        raise
+    except sqlite3.OperationalError as exc:
+        if "full" in str(exc):
+            err = StorageFull("the metadata store could not grow")
+            return web.json_response(err.to_json(), status=err.http_status)
+        log.exception("metadata error on %s %s", request.method, request.path)
+        return web.json_response({"error": "internal", "message": f"internal error: {exc}"}, status=500)
+    except Exception as exc:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return web.json_response({"error": "internal", "message": f"internal error: {exc}"}, status=500)
+
+
+class Api:
+    def __init__(self, repo: Repository, status: Callable[[], dict[str, Any]], max_object_size: int) -> None:
+        self.repo = repo
+        self.status_fn = status
+        self.max_object_size = max_object_size
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_JSON_BODY,
+                              handler_args={"read_bufsize": 1 << 20})
+        r = app.router
+        r.add_get("/v1/health", self.health)
+        r.add_get("/v1/status", self.status)
+        r.add_get("/v1/openapi.json", self.openapi)
+        r.add_get("/v1/keys", self.list_keys)
+        r.add_get("/v1/keys/{key:.+}/versions/{version}", self.get_manifest)
+        r.add_get("/v1/keys/{key:.+}/versions", self.list_versions)
+        r.add_post("/v1/keys/{key:.+}/versions", self.commit)
+        for prefix in ("/v1/keys/", "/v1/data/"):
+            r.add_get(prefix + "{key:.+}", self.get_key)  # and HEAD
+            r.add_put(prefix + "{key:.+}", self.put_key)
+        r.add_post("/v1/chunks/missing", self.missing_chunks)
+        r.add_get("/v1/chunks/{hash}", self.get_chunk)
+        r.add_put("/v1/chunks/{hash}", self.put_chunk)
+        return app
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "node_id": self.repo.identity.node_id})
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status_fn())
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
+
+    # -- keys -------------------------------------------------------------------------------------
+    async def put_key(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        parent = _int_param(request, "parent")
+        length = request.content_length
+        if length is not None and length > self.max_object_size:
+            raise TooLarge(f"{length} bytes; this node takes at most {self.max_object_size}")
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for data in request.content.iter_any():
+                    yield data
+            except Exception as exc:  # the client went away or sent a broken body
+                raise IncompleteUpload(f"{key}: {type(exc).__name__}") from exc
+            if request.content.exception() is not None:
+                raise IncompleteUpload(f"{key}: {request.content.exception()}")
+
+        manifest = await self.repo.ingest(key, body(), expected_size=length, expected_parent=parent,
+                                          max_size=self.max_object_size)
+        log.info("put", extra={"key": key, "version": manifest.version, "size": manifest.size})
+        return web.json_response(manifest_summary(manifest), status=201,
+                                 headers={"Location": self._version_url(manifest)})
+
+    def _version_url(self, m: Manifest) -> str:
+        return f"/v1/keys/{quote(m.key, safe='/')}?version={m.version}"
+
+    async def get_key(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info["key"]
+        version = _int_param(request, "version", minimum=1)
+        manifest = self.repo.resolve(key, version)
+        etag = f'"{manifest.content_hash}"'
+        headers = {
+            "ETag": etag,
+            "X-Elton-Version": str(manifest.version),
+            "X-Elton-Key": quote(manifest.key, safe="/"),
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
+        if version is None:
+            headers["Cache-Control"] = "no-store"
+            headers["Content-Location"] = self._version_url(manifest)
+        else:
+            headers["Cache-Control"] = IMMUTABLE
+            if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
+                return web.Response(status=304, headers=headers)
+        start, end, status = 0, manifest.size, 200
+        rng = request.headers.get("Range")
+        if rng and manifest.size > 0:
+            try:
+                picked = parse_range(rng, manifest.size)
+            except RangeNotSatisfiable as exc:
+                return web.json_response(exc.to_json(), status=416,
+                                         headers={**headers, "Content-Range": f"bytes */{manifest.size}"})
+            if picked is not None:
+                start, end = picked
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{manifest.size}"
+        headers["Content-Length"] = str(end - start)
+        resp = web.StreamResponse(status=status, headers=headers)
+        if request.method == "HEAD" or end == start:
+            await resp.prepare(request)
+            await resp.write_eof()
+            return resp
+        chunks = self.repo.read_range(manifest, start, end)
+        try:
+            # The first chunk is read and verified before the status line goes out, so a corrupt
+            # small object gets a clean error; a later corrupt chunk aborts the connection instead.
+            first = await chunks.__anext__()
+            await resp.prepare(request)
+            await resp.write(first)
+            async for data in chunks:
+                await resp.write(data)
+        except EltonError as exc:
+            if not resp.prepared:
+                raise
+            log.error("aborting %s@%d mid-body: %s", key, manifest.version, exc.message)
+            if request.transport is not None:
+                request.transport.close()
+            return resp
+        finally:
+            await chunks.aclose()
+        await resp.write_eof()
+        return resp
+
+    async def list_versions(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        limit = _int_param(request, "limit", 1000, minimum=1) or 1000
+        before = _int_param(request, "before", minimum=1)
+        self.repo.resolve(key)  # 404 for an unknown key
+        items = self.repo.meta.versions(key, min(limit, MAX_LIST), before)
+        return web.json_response({"key": key, "versions": [manifest_summary(m) for m in items]})
+
+    async def get_manifest(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        raw = request.match_info["version"]
+        if raw == "latest":
+            manifest = self.repo.resolve(key)
+            cache = "no-store"
+        elif raw.isdigit() and int(raw) >= 1:
+            manifest = self.repo.resolve(key, int(raw))
+            cache = IMMUTABLE
+        else:
+            raise InvalidRequest(f"version must be a positive integer or 'latest', not {raw!r}")
+        return web.json_response(manifest.to_json(), headers={"Cache-Control": cache})
+
+    async def list_keys(self, request: web.Request) -> web.Response:
+        prefix = request.query.get("prefix", "")
+        after = request.query.get("after", "")
+        limit = min(_int_param(request, "limit", 1000, minimum=1) or 1000, MAX_LIST)
+        rows = self.repo.meta.list_keys(prefix, limit, after)
+        return web.json_response({
+            "prefix": prefix,
+            "keys": [{"key": k, "version": v, "size": s, "content_hash": h, "issued_at": t, "kind": kind}
+                     for k, v, s, h, t, kind in rows],
+        })
+
+    async def commit(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        try:
+            body = await request.json()
+            refs = [ChunkRef(str(c["hash"]), int(c["size"])) if isinstance(c, dict)
+                    else ChunkRef(str(c[0]), int(c[1])) for c in body.get("chunks", [])]
+            parent = body.get("parent")
+            meta = body.get("meta") or {}
+            if parent is not None and (not isinstance(parent, int) or parent < 0):
+                raise ValueError("parent must be a non-negative integer")
+            if not isinstance(meta, dict):
+                raise ValueError("meta must be an object")
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise InvalidRequest(f"commit body: {exc}") from exc
+        manifest = await self.repo.commit(key, refs, kind=str(body.get("kind", "file")), meta=meta,
+                                          content_hash=body.get("content_hash"), expected_parent=parent)
+        if "size" in body and body["size"] != manifest.size:
+            raise InvalidRequest(f"size {body['size']} does not match the chunks ({manifest.size})")
+        return web.json_response(manifest.to_json(), status=201,
+                                 headers={"Location": self._version_url(manifest)})
+
+    # -- chunks -----------------------------------------------------------------------------------
+    async def put_chunk(self, request: web.Request) -> web.Response:
+        h = request.match_info["hash"]
+        if (request.content_length or 0) > MAX_CHUNK_UPLOAD:
+            raise TooLarge(f"a chunk is at most {MAX_CHUNK_UPLOAD} bytes")
+        data = await request.content.read(MAX_CHUNK_UPLOAD + 1)
+        if request.content_length is not None and len(data) != request.content_length:
+            raise IncompleteUpload(f"chunk {h}: {len(data)} of {request.content_length} bytes")
+        created = await self.repo.put_chunk(h, data)
+        return web.json_response({"hash": h, "size": len(data), "created": created},
+                                 status=201 if created else 200)
+
+    async def get_chunk(self, request: web.Request) -> web.Response:
+        h = request.match_info["hash"]
+        data = await self.repo.read_chunk(check_hash(h))
+        return web.Response(body=data, content_type="application/octet-stream",
+                            headers={"ETag": f'"{h}"', "Cache-Control": IMMUTABLE})
+
+    async def missing_chunks(self, request: web.Request) -> web.Response:
+        try:
+            hashes = (await request.json())["hashes"]
+            if not isinstance(hashes, list) or not all(isinstance(h, str) for h in hashes):
+                raise TypeError("hashes must be a list of strings")
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidRequest(f"missing-chunks body: {exc}") from exc
+        if len(hashes) > MAX_MISSING_QUERY:
+            raise TooLarge(f"at most {MAX_MISSING_QUERY} hashes per query")
+        return web.json_response({"missing": self.repo.missing(hashes)})

@@ -1,0 +1,264 @@
+"""A node's versioned store: streamed ingest into chunks, version issuance, verified reads.
+
+On a single host the node issues versions itself, inside the metadata transaction that records
+them (``last + 1``, compare-and-set on the expected parent). Chunk files are fsynced, and their
+directories too, before the version that names them is committed, so a crash at any point leaves
+the old state or the new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from mesh.core.identity import Identity
+from mesh.core.keys import validate_key
+from mesh.core.manifest import ChunkRef, Draft, Manifest, chunk_hash, issue
+from mesh.errors import (
+    ChunkMissing,
+    Conflict,
+    IncompleteUpload,
+    InvalidRequest,
+    KeyNotFound,
+    TooLarge,
+    VersionNotFound,
+)
+from mesh.store.chunker import MAX_SIZE, StreamChunker
+from mesh.store.chunks import ChunkStore, check_hash
+from mesh.store.meta import MetaStore, record_chunks, store_version
+
+MAX_INFLIGHT_CHUNKS = 8  # bounds memory of an upload: about 8 x 2 MiB beyond the chunker's buffer
+PREFETCH_CHUNKS = 4
+MAX_CHUNK_UPLOAD = 8 * MAX_SIZE
+
+
+def content_hash_of(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Slice:
+    """A byte range of one chunk: the part of ``chunk`` from ``start`` to ``end`` (exclusive)."""
+
+    chunk: ChunkRef
+    start: int
+    end: int
+
+
+def slices(manifest: Manifest, start: int, end: int) -> list[Slice]:
+    """The chunk pieces covering bytes [start, end) of a version."""
+    out: list[Slice] = []
+    offset = 0
+    for ref in manifest.chunks:
+        lo, hi = offset, offset + ref.size
+        if hi > start and lo < end:
+            out.append(Slice(ref, max(start, lo) - lo, min(end, hi) - lo))
+        offset = hi
+        if offset >= end:
+            break
+    return out
+
+
+def _issue_op(draft: Draft, expected_parent: int | None, identity: Identity, now: float
+              ) -> Callable[[sqlite3.Connection], Manifest]:
+    def op(conn: sqlite3.Connection) -> Manifest:
+        row = conn.execute("SELECT version FROM latest WHERE key=?", (draft.key,)).fetchone()
+        last = row[0] if row else 0
+        if expected_parent is not None and expected_parent != last:
+            raise Conflict(f"{draft.key} is at version {last}, not {expected_parent}")
+        manifest = issue(draft, version=last + 1, parent=last, now=now, issuer=identity)
+        store_version(manifest)(conn)
+        return manifest
+
+    return op
+
+
+class Repository:
+    def __init__(self, data_dir: Path, identity: Identity, clock: Callable[[], float]) -> None:
+        self.identity = identity
+        self.clock = clock
+        self.chunks = ChunkStore(data_dir / "chunks")
+        self.meta = MetaStore(data_dir / "meta.sqlite")
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store")
+        # Chunks written by uploads still in flight: a failed upload removes the chunk files it
+        # created unless another upload in flight uses them or a committed version records them.
+        self._inflight_lock = threading.Lock()
+        self._inflight: Counter[str] = Counter()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.meta.close()
+
+    async def _in_thread(self, fn, *args):  # type: ignore[no-untyped-def]
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    # -- writes -----------------------------------------------------------------------------------
+    def _store_piece(self, piece: bytes, created: set[str]) -> ChunkRef:
+        h = chunk_hash(piece)
+        with self._inflight_lock:
+            self._inflight[h] += 1
+        try:
+            if self.chunks.write(h, piece):
+                created.add(h)
+        except BaseException:
+            self._release([h], set())
+            raise
+        return ChunkRef(h, len(piece))
+
+    def _release(self, hashes: list[str], remove_if_unused: set[str]) -> None:
+        with self._inflight_lock:
+            for h in hashes:
+                self._inflight[h] -= 1
+                if self._inflight[h] <= 0:
+                    del self._inflight[h]
+            orphans = [h for h in remove_if_unused if h not in self._inflight]
+            recorded = self.meta.has_chunks(orphans) if orphans else set()
+            for h in orphans:
+                if h not in recorded:
+                    self.chunks.remove(h)
+
+    async def ingest(self, key: str, body: AsyncIterator[bytes], *, expected_size: int | None = None,
+                     expected_parent: int | None = None, meta: dict | None = None,
+                     max_size: int | None = None) -> Manifest:
+        """Store a streamed body as the next version of ``key``; nothing is visible unless it all arrived."""
+        validate_key(key)
+        chunker = StreamChunker()
+        whole = blake3.blake3()
+        refs: list[ChunkRef] = []
+        inflight: deque[asyncio.Future[ChunkRef]] = deque()
+        created: set[str] = set()
+        total = 0
+        loop = asyncio.get_running_loop()
+
+        def start(piece: bytes) -> None:
+            inflight.append(loop.run_in_executor(self.executor, self._store_piece, piece, created))
+
+        try:
+            async for data in body:
+                total += len(data)
+                if max_size is not None and total > max_size:
+                    raise TooLarge(f"{key}: more than {max_size} bytes")
+                whole.update(data)
+                for piece in chunker.feed(data):
+                    start(piece)
+                    while len(inflight) > MAX_INFLIGHT_CHUNKS:
+                        refs.append(await inflight.popleft())
+            for piece in chunker.finish():
+                start(piece)
+            while inflight:
+                refs.append(await inflight.popleft())
+            if expected_size is not None and total != expected_size:
+                raise IncompleteUpload(f"{key}: received {total} of {expected_size} bytes")
+            manifest = await self._commit_refs(key, refs, total, whole.hexdigest(), "file", meta or {},
+                                               expected_parent)
+        except BaseException:
+            # Let the writes already handed to threads finish (at most MAX_INFLIGHT_CHUNKS): a cancelled
+            # future would not stop its thread, and its chunk would escape the clean-up below.
+            done = await asyncio.gather(*inflight, return_exceptions=True)
+            refs.extend(r for r in done if isinstance(r, ChunkRef))
+            await self._in_thread(self._release, [r.hash for r in refs], created)
+            raise
+        await self._in_thread(self._release, [r.hash for r in refs], set())
+        return manifest
+
+    async def _commit_refs(self, key: str, refs: list[ChunkRef], size: int, content_hash: str, kind: str,
+                           meta: dict, expected_parent: int | None) -> Manifest:
+        await self._in_thread(self.chunks.sync_dirs, {r.hash for r in refs})
+        draft = Draft(key=key, size=size, content_hash=content_hash, chunks=tuple(refs),
+                      author=self.identity.node_id, kind=kind, meta=meta)
+        issue_op = _issue_op(draft, expected_parent, self.identity, self.clock())
+        pairs = sorted({(r.hash, r.size) for r in refs})
+
+        def op(conn: sqlite3.Connection) -> Manifest:
+            record_chunks(pairs)(conn)
+            return issue_op(conn)
+
+        return await self.meta.write(op)
+
+    async def put_chunk(self, expected_hash: str, data: bytes) -> bool:
+        check_hash(expected_hash)
+        if len(data) > MAX_CHUNK_UPLOAD:
+            raise TooLarge(f"a chunk is at most {MAX_CHUNK_UPLOAD} bytes")
+        actual = chunk_hash(data)
+        if actual != expected_hash:
+            raise InvalidRequest(f"chunk body hashes to {actual}, not {expected_hash}")
+        created = await self._in_thread(self._write_and_sync, expected_hash, data)
+        await self.meta.write(record_chunks([(expected_hash, len(data))]))
+        return created
+
+    def _write_and_sync(self, h: str, data: bytes) -> bool:
+        created = self.chunks.write(h, data)
+        self.chunks.sync_dirs([h])
+        return created
+
+    def missing(self, hashes: list[str]) -> list[str]:
+        for h in hashes:
+            check_hash(h)
+        present = self.meta.has_chunks(hashes)
+        return [h for h in hashes if h not in present or not self.chunks.has(h)]
+
+    async def commit(self, key: str, refs: list[ChunkRef], *, kind: str = "file", meta: dict | None = None,
+                     content_hash: str | None = None, expected_parent: int | None = None) -> Manifest:
+        """Issue a version from chunks already stored here (eltonfs trees, resumable uploads)."""
+        validate_key(key)
+        if kind not in ("file", "tree"):
+            raise InvalidRequest(f"kind is 'file' or 'tree', not {kind!r}")
+        absent = self.missing([r.hash for r in refs])
+        if absent:
+            raise ChunkMissing(f"{len(absent)} chunk(s) not uploaded, first {absent[0]}")
+        whole = blake3.blake3()
+        for r in refs:  # proves every chunk is intact and the sizes right, and yields the content hash
+            data = await self.read_chunk(r.hash)
+            if len(data) != r.size:
+                raise InvalidRequest(f"chunk {r.hash} has {len(data)} bytes, not {r.size}")
+            whole.update(data)
+        actual = whole.hexdigest()
+        if content_hash is not None and content_hash != actual:
+            raise InvalidRequest(f"content hashes to {actual}, not {content_hash}")
+        return await self._commit_refs(key, refs, sum(r.size for r in refs), actual, kind, meta or {},
+                                       expected_parent)
+
+    # -- reads ------------------------------------------------------------------------------------
+    def resolve(self, key: str, version: int | None = None) -> Manifest:
+        validate_key(key)
+        latest = self.meta.latest_version(key)
+        if latest == 0:
+            raise KeyNotFound(key)
+        wanted = latest if version is None else version
+        manifest = self.meta.manifest(key, wanted) if 0 < wanted <= latest else None
+        if manifest is None:
+            raise VersionNotFound(f"{key}@{wanted} (latest is {latest})")
+        return manifest
+
+    async def read_chunk(self, h: str) -> bytes:
+        return await self._in_thread(self.chunks.read, h)
+
+    async def read_range(self, manifest: Manifest, start: int, end: int) -> AsyncIterator[bytes]:
+        """Yield the verified bytes [start, end) of a version, reading a few chunks ahead."""
+        pending: deque[tuple[Slice, asyncio.Future[bytes]]] = deque()
+        loop = asyncio.get_running_loop()
+        todo = iter(slices(manifest, start, end))
+        try:
+            for s in todo:
+                pending.append((s, loop.run_in_executor(self.executor, self.chunks.read, s.chunk.hash)))
+                if len(pending) >= PREFETCH_CHUNKS:
+                    break
+            while pending:
+                s, fut = pending.popleft()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append((nxt, loop.run_in_executor(self.executor, self.chunks.read, nxt.chunk.hash)))
+                data = await fut
+                yield data if (s.start, s.end) == (0, len(data)) else data[s.start : s.end]
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+

@@ -1,0 +1,98 @@
+"""Chunk files on disk, named by their BLAKE3 hash, written atomically and verified on every read.
+
+Layout: ``<root>/<first two hex digits>/<hash>``; temporary files live in ``<root>/tmp`` and are
+removed at start-up, so a crash leaves at most unreferenced whole chunks, never a partial one
+under a chunk's name. Callers fsync the touched directories once per commit (``sync_dirs``) before
+they make a version that names the chunks visible.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from pathlib import Path
+
+from mesh.core.manifest import HASH_HEX_LEN, chunk_hash
+from mesh.errors import ChunkMissing, CorruptChunk, InvalidRequest, StorageFull
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def check_hash(h: str) -> str:
+    if len(h) != HASH_HEX_LEN or not set(h) <= _HEX:
+        raise InvalidRequest(f"{h[:80]!r} is not a chunk hash (64 lowercase hex digits)")
+    return h
+
+
+class ChunkStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.quarantine = root / "quarantine"
+        for d in (self.tmp, self.quarantine):
+            d.mkdir(parents=True, exist_ok=True)
+        for i in range(256):
+            (root / f"{i:02x}").mkdir(exist_ok=True)
+        for leftover in self.tmp.iterdir():
+            leftover.unlink(missing_ok=True)
+
+    def path(self, h: str) -> Path:
+        return self.root / h[:2] / h
+
+    def has(self, h: str) -> bool:
+        return self.path(h).exists()
+
+    def write(self, h: str, data: bytes | memoryview, *, fsync: bool = True) -> bool:
+        """Store ``data`` under ``h`` (the caller hashed it); return False if it was already there."""
+        final = self.path(h)
+        if final.exists():
+            return False
+        tmp = self.tmp / f"{h}.{uuid.uuid4().hex}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(f"writing a chunk of {len(data)} bytes under {self.root}") from exc
+            raise
+        return True
+
+    def read(self, h: str) -> bytes:
+        """The verified bytes of chunk ``h``; a corrupt copy is moved aside and never returned."""
+        try:
+            with open(self.path(h), "rb", buffering=0) as f:
+                data = f.read()
+        except FileNotFoundError as exc:
+            raise ChunkMissing(h) from exc
+        if chunk_hash(data) != h:
+            self._quarantine(h)
+            raise CorruptChunk(f"chunk {h} failed its hash check and was quarantined")
+        return data
+
+    def _quarantine(self, h: str) -> None:
+        try:
+            os.rename(self.path(h), self.quarantine / f"{h}.{uuid.uuid4().hex[:8]}")
+        except FileNotFoundError:
+            pass
+
+    def remove(self, h: str) -> None:
+        self.path(h).unlink(missing_ok=True)
+
+    def sync_dirs(self, hashes: list[str] | set[str]) -> None:
+        """Make the renames of these chunks durable (one fsync per touched directory)."""
+        for prefix in {h[:2] for h in hashes}:
+            fd = os.open(self.root / prefix, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

@@ -1,0 +1,223 @@
+"""Metadata in SQLite (WAL): versions, latest pointers, local chunks.
+
+All writes go through one writer thread that commits whatever is queued as one transaction
+(group commit): many concurrent PUTs pay for one fsync together. Each queued operation runs in
+its own savepoint, so one failing operation does not undo its neighbours. Reads use a separate
+connection per thread and see the last committed state (WAL snapshot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mesh.core.manifest import Manifest
+
+T = TypeVar("T")
+MAX_BATCH = 512
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    key TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    parent INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    issued_at REAL NOT NULL,
+    manifest BLOB NOT NULL,
+    PRIMARY KEY (key, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS latest (
+    key TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunks (
+    hash TEXT PRIMARY KEY,
+    size INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    value BLOB
+) WITHOUT ROWID;
+"""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class MetaStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = _connect(path)
+        self._writer.executescript(SCHEMA)
+        self._local = threading.local()
+        self._queue: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None] = (
+            queue.Queue()
+        )
+        self._thread = threading.Thread(target=self._run, name="meta-writer", daemon=True)
+        self._thread.start()
+
+    # -- writes -----------------------------------------------------------------------------------
+    def submit(self, op: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        fut: Future[T] = Future()
+        self._queue.put((op, fut))
+        return fut
+
+    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.wrap_future(self.submit(op))
+
+    def write_sync(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        return self.submit(op).result()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]) -> None:
+        conn = self._writer
+        results: list[tuple[Future[Any], bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, fut in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append((fut, True, op(conn)))
+                    conn.execute("RELEASE op")
+                except BaseException as exc:  # an operation's error is its caller's, not the batch's
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((fut, False, exc))
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for fut, ok, value in results:
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+        self._writer.close()
+
+    # -- reads ------------------------------------------------------------------------------------
+    @property
+    def reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._local.conn = conn
+        return conn
+
+    def latest_version(self, key: str) -> int:
+        row = self.reader.execute("SELECT version FROM latest WHERE key=?", (key,)).fetchone()
+        return row[0] if row else 0
+
+    def manifest(self, key: str, version: int) -> Manifest | None:
+        row = self.reader.execute(
+            "SELECT manifest FROM versions WHERE key=? AND version=?", (key, version)
+        ).fetchone()
+        return Manifest.decode(row[0]) if row else None
+
+    def versions(self, key: str, limit: int, before: int | None = None) -> list[Manifest]:
+        rows = self.reader.execute(
+            "SELECT manifest FROM versions WHERE key=? AND version<? ORDER BY version DESC LIMIT ?",
+            (key, before if before is not None else 1 << 62, limit),
+        ).fetchall()
+        return [Manifest.decode(r[0]) for r in rows]
+
+    def list_keys(self, prefix: str, limit: int, after: str = "") -> list[tuple[str, int, int, str, float, str]]:
+        """(key, latest version, size, content_hash, issued_at, kind) of keys starting with prefix."""
+        rows = self.reader.execute(
+            "SELECT l.key, l.version, v.size, v.content_hash, v.issued_at, v.kind FROM latest l "
+            "JOIN versions v ON v.key = l.key AND v.version = l.version "
+            "WHERE l.key >= ? AND l.key > ? ORDER BY l.key LIMIT ?",
+            (prefix, after, limit * 4 + 16),
+        ).fetchall()
+        out = [r for r in rows if r[0].startswith(prefix)]
+        return out[:limit]
+
+    def has_chunks(self, hashes: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(hashes), 500):
+            part = hashes[i : i + 500]
+            q = f"SELECT hash FROM chunks WHERE hash IN ({','.join('?' * len(part))})"
+            found.update(r[0] for r in self.reader.execute(q, part))
+        return found
+
+    def usage(self) -> tuple[int, int]:
+        """(number of chunks, bytes) held locally."""
+        n, total = self.reader.execute("SELECT count(*), coalesce(sum(size), 0) FROM chunks").fetchone()
+        return int(n), int(total)
+
+    def counts(self) -> tuple[int, int]:
+        """(keys, versions)."""
+        keys = self.reader.execute("SELECT count(*) FROM latest").fetchone()[0]
+        versions = self.reader.execute("SELECT count(*) FROM versions").fetchone()[0]
+        return int(keys), int(versions)
+
+
+# -- write operations (run inside the writer's transaction) ---------------------------------------
+def record_chunks(chunks: list[tuple[str, int]]) -> Callable[[sqlite3.Connection], None]:
+    def op(conn: sqlite3.Connection) -> None:
+        conn.executemany("INSERT OR IGNORE INTO chunks(hash, size) VALUES (?, ?)", chunks)
+
+    return op
+
+
+def store_version(manifest: Manifest) -> Callable[[sqlite3.Connection], None]:
+    """Insert an issued version; refuses to overwrite ``(key, version)`` with other content."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        blob = manifest.encode()
+        row = conn.execute(
+            "SELECT manifest FROM versions WHERE key=? AND version=?", (manifest.key, manifest.version)
+        ).fetchone()
+        if row is not None:
+            if row[0] != blob:
+                raise AssertionError(f"{manifest.key}@{manifest.version} already issued with other content")
+            return
+        conn.execute(
+            "INSERT INTO versions(key, version, parent, size, content_hash, kind, issued_at, manifest) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (manifest.key, manifest.version, manifest.parent, manifest.size, manifest.content_hash,
+             manifest.kind, manifest.issued_at, blob),
+        )
+        conn.execute(
+            "INSERT INTO latest(key, version) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET version=excluded.version WHERE excluded.version > latest.version",
+            (manifest.key, manifest.version),
+        )
+
+    return op
