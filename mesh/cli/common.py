@@ -30,6 +30,10 @@ def run(command: click.Command, prog: str, argv: Sequence[str] | None = None) ->
     except BrokenPipeError:
         sys.stderr.close()
         return 141
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"{prog}: {exc.strerror or exc}{where}", err=True)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -58,7 +58,7 @@ def cli(ctx: click.Context, host: str | None) -> None:
 
 @cli.command()
 @click.argument("key")
-@click.argument("source", type=click.Path(allow_dash=True, dir_okay=False, path_type=str))
+@click.argument("source", type=click.Path(exists=True, allow_dash=True, dir_okay=False, path_type=str))
 @click.option("--parent", type=int, help="fail unless the latest version is this one (0: new key)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
@@ -86,7 +86,10 @@ def get(client: Client, ref: str, output: str | None) -> None:
         _stream_to_stdout(client, key, version)
         return
     target = Path(output or key.rsplit("/", 1)[-1])
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(target)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             download = client.get(key, version)

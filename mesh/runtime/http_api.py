@@ -115,7 +115,7 @@ class Api:
         r.add_get("/v1/status", self.status)
         r.add_get("/v1/openapi.json", self.openapi)
         r.add_get("/v1/keys", self.list_keys)
-        r.add_get("/v1/keys/{key:.+}/versions/{version}", self.get_manifest)
+        r.add_get(r"/v1/keys/{key:.+}/versions/{version:(\d+|latest)}", self.get_manifest)
         r.add_get("/v1/keys/{key:.+}/versions", self.list_versions)
         r.add_post("/v1/keys/{key:.+}/versions", self.commit)
         for prefix in ("/v1/keys/", "/v1/data/"):
@@ -187,7 +187,7 @@ class Api:
                 picked = parse_range(rng, manifest.size)
             except RangeNotSatisfiable as exc:
                 return web.json_response(exc.to_json(), status=416,
-                                         headers={**headers, "Content-Range": f"bytes */{manifest.size}"})
+                                         headers={"Content-Range": f"bytes */{manifest.size}"})
             if picked is not None:
                 start, end = picked
                 status = 206
@@ -277,7 +277,14 @@ class Api:
         h = request.match_info["hash"]
         if (request.content_length or 0) > MAX_CHUNK_UPLOAD:
             raise TooLarge(f"a chunk is at most {MAX_CHUNK_UPLOAD} bytes")
-        data = await request.content.read(MAX_CHUNK_UPLOAD + 1)
+        parts: list[bytes] = []
+        got = 0
+        async for part in request.content.iter_any():
+            got += len(part)
+            if got > MAX_CHUNK_UPLOAD:
+                raise TooLarge(f"a chunk is at most {MAX_CHUNK_UPLOAD} bytes")
+            parts.append(part)
+        data = b"".join(parts)
         if request.content_length is not None and len(data) != request.content_length:
             raise IncompleteUpload(f"chunk {h}: {len(data)} of {request.content_length} bytes")
         created = await self.repo.put_chunk(h, data)
