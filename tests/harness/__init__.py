@@ -1,0 +1,1 @@
+"""Test harnesses: a multi-host mesh in network namespaces (netns)."""
