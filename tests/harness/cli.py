@@ -102,8 +102,8 @@ def down(dir_: Path, grace: float) -> None:
 
 def main() -> None:
     try:
-        cli(standalone_mode=True)
-    except HarnessError as e:  # pragma: no cover - click turns ClickException into exit 1 itself
+        cli(prog_name="mesh-netns")
+    except HarnessError as e:  # a mesh that is missing or not ours, found outside `up`
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)
 

@@ -11,6 +11,12 @@ Topology (K clusters of N hosts, all names prefixed ``elt<id>-`` so runs never c
 Addresses are used only inside these namespaces: there is no default route, no NAT and nothing
 attached to the root namespace. State lives in ``<dir>/mesh-netns.json`` so another process can
 ``exec``, read ``wan_bytes`` or ``down`` the same mesh; ``down`` works after a crash of ``up``.
+
+    with Harness(tmp, clusters=2, hosts=3, wan_rate="200mbit") as mesh:   # up; down on exit
+        mesh.exec("c1h1", ["ping", "-c1", mesh.address("c2h3")])
+        mesh.wan_bytes()["c1"]["tx_bytes"]
+
+From a shell: ``scripts/mesh-netns up|exec|bytes|down --dir DIR`` (see ``--help``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ GOSSIP_PORT = 7946
 HEALTH_PATH = "/v1/health"
 MAX_CLUSTERS = 250
 MAX_HOSTS = 253
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # The one place that says how a host's daemon is started. Placeholders: {venv} {python} {data_dir}
 # {host} {ip} {cluster} (number) {cluster_name} (c<k>) {role} {http} {gossip} {join} (the whole
@@ -189,7 +196,8 @@ class Harness:
         self.daemons = daemons
         self.daemon_cmd = daemon_cmd
         self.health_timeout = health_timeout
-        self.venv = Path(venv) if venv else Path(sys.prefix)
+        self.venv = Path(venv) if venv else (REPO_ROOT / ".venv" if (REPO_ROOT / ".venv").is_dir()
+                                             else Path(sys.prefix))
         self.state: MeshState | None = None
         self.id: str | None = None  # kept after down, so callers can check that nothing of it is left
         self._last_hosts: list[Host] = []
