@@ -113,6 +113,12 @@ class Unavailable(EltonError):
     code = "unavailable"
 
 
+class ReplicasUnreachable(Unavailable):
+    """The key's home could not reach a majority of its replicas; no version was acknowledged."""
+
+    code = "replicas_unreachable"
+
+
 class Unauthorized(EltonError):
     """Not authorised."""
 
