@@ -1,0 +1,81 @@
+"""Direct tests of one Issuer: the verbs, persistence before acknowledgement, restart, cache."""
+
+import random
+
+from dht import Master
+from mesh.core.identity import Identity
+from mesh.core.issuance import Done, Issuer, IssuerConfig, Persist, Prepare, Send
+from mesh.core.manifest import ChunkRef, Draft
+from mesh.errors import Conflict
+
+ME = Identity(b"m" * 32)
+PEER = Identity(b"p" * 32)
+DRAFT = Draft("k", 1, "c" * 64, (ChunkRef("c" * 64, 1),), "alice")
+
+
+def alone(records=()):
+    iss = Issuer(ME, IssuerConfig(replicas=3), random.Random(1), records)
+    iss.set_roster(0, [Master(ME.node_id)], 0.0)
+    return iss
+
+
+def test_single_master_issues_after_persisting_and_caches():
+    iss = alone()
+    iss.submit("r1", DRAFT, None, 1.0)
+    effects = iss.drain()
+    assert isinstance(effects[0], Persist) and isinstance(effects[-1], Done)
+    done = effects[-1]
+    assert done.manifest.version == 1 and done.manifest.parent == 0 and done.error is None
+    assert iss.cached("k", 1) == done.manifest and iss.last_known("k") == 1
+    iss.submit("r2", DRAFT, 0, 2.0)
+    assert isinstance(iss.drain()[-1].error, Conflict)
+
+
+def test_restart_from_records_continues_the_counter_with_a_fresh_ballot():
+    iss = alone()
+    records = []
+    for i in range(3):
+        iss.submit(f"r{i}", DRAFT, None, float(i))
+        for eff in iss.drain():
+            if isinstance(eff, Persist):
+                records.extend(eff.records)
+    again = alone(records)
+    again.submit("r9", DRAFT, 3, 10.0)
+    effects = again.drain()
+    assert effects[-1].manifest.version == 4
+    old_rounds = [r.round for r in records if type(r).__name__ == "RoundRecord"]
+    new_rounds = [r.round for e in effects if isinstance(e, Persist) for r in e.records
+                  if type(r).__name__ == "RoundRecord"]
+    assert min(new_rounds) > max(old_rounds)
+
+
+def test_home_elsewhere_gets_the_commit_and_timers_resend_then_fail():
+    iss = Issuer(ME, IssuerConfig(commit_timeout=3.0, retry_interval=0.5), random.Random(1))
+    iss.set_roster(0, [Master(ME.node_id), Master(PEER.node_id)], 0.0)
+    iss.set_live([PEER.node_id], 0.0)
+    key = next(f"k{i}" for i in range(100) if iss.home_of(f"k{i}") == PEER.node_id)
+    draft = Draft(key, 1, "c" * 64, (ChunkRef("c" * 64, 1),), "alice")
+    iss.submit("r1", draft, None, 0.0)
+    sent = [e for e in iss.drain() if isinstance(e, Send)]
+    assert [e.dest for e in sent] == [PEER.node_id]
+    now, resent = 0.0, 0
+    while (deadline := iss.next_deadline()) is not None:
+        now = deadline
+        iss.handle_timer(now)
+        effects = iss.drain()
+        resent += sum(isinstance(e, Send) for e in effects)
+        if any(isinstance(e, Done) for e in effects):
+            break
+    assert now == 3.0 and resent >= 2
+    assert PEER.node_id[:12] in effects[-1].error.message
+
+
+def test_prepare_goes_to_the_replica_set_with_a_ballot_of_the_current_epoch():
+    iss = Issuer(ME, IssuerConfig(), random.Random(1))
+    iss.set_roster(4, [Master(ME.node_id), Master(PEER.node_id)], 0.0)
+    iss.set_live([PEER.node_id], 0.0)
+    key = next(f"k{i}" for i in range(100) if iss.home_of(f"k{i}") == ME.node_id)
+    iss.submit("r1", Draft(key, 1, "c" * 64, (ChunkRef("c" * 64, 1),), "alice"), None, 0.0)
+    prepares = [e for e in iss.drain() if isinstance(e, Send) and isinstance(e.message, Prepare)]
+    assert [p.dest for p in prepares] == [PEER.node_id]
+    assert prepares[0].message.ballot.epoch == 4 and prepares[0].message.ballot.node == ME.node_id
