@@ -14,8 +14,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,70 +26,18 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from tests.eltond_process import EltondProcess  # noqa: E402
+from tests.nginx import NginxProcess  # noqa: E402
 
-NGINX_CONF = """
-{user}
-worker_processes 1;
-error_log {prefix}/error.log;
-pid {prefix}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
+STATIC_AND_DAV = """
     sendfile on;
     tcp_nopush on;
     client_max_body_size 0;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
     server {{
         listen 127.0.0.1:{port};
         root {root};
         location / {{ dav_methods PUT; create_full_put_path on; }}
     }}
-}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Nginx:
-    def __init__(self, workdir: Path) -> None:
-        self.prefix = workdir / "nginx"
-        self.root = workdir / "nginx-root"
-        self.prefix.mkdir()
-        self.root.mkdir()
-        self.port = free_port()
-        user = "user root;" if os.geteuid() == 0 else ""  # the worker must write into our temp dir
-        conf = NGINX_CONF.format(user=user, prefix=self.prefix, root=self.root, port=self.port)
-        (self.prefix / "nginx.conf").write_text(conf)
-        self.proc = subprocess.Popen(["nginx", "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"),
-                                      "-g", "daemon off;"], stderr=subprocess.DEVNULL)
-        wait_port(self.port)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGQUIT)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} did not open")
 
 
 def curl(*args: str) -> dict[str, float]:
@@ -157,7 +103,8 @@ def main() -> int:
         print("put_get: needs nginx and curl (scripts/setup installs them)", file=sys.stderr)
         return 1
     work = Path(tempfile.mkdtemp(prefix="elton-bench-", dir=args.workdir or "/var/tmp"))
-    nginx = Nginx(work)
+    (work / "nginx-root").mkdir()
+    nginx = NginxProcess(work / "nginx", STATIC_AND_DAV, root=work / "nginx-root")
     results: dict[str, list[float]] = {k: [] for k in ("elton_put", "elton_get", "nginx_put", "nginx_get")}
     peak_rss = 0
     try:
@@ -183,7 +130,7 @@ def main() -> int:
             results["nginx_put"].append(size / put["seconds"])
             get = curl(f"{nginx.url}/big-{r}.bin")
             results["nginx_get"].append(get["down"])
-            (nginx.root / f"big-{r}.bin").unlink()
+            (work / "nginx-root" / f"big-{r}.bin").unlink()
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1] / 1e6:.0f} MB/s" for k, v in results.items()),
                   file=sys.stderr)
 
