@@ -31,6 +31,9 @@ VERSION = "0.1.0"
 
 async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before anything announces that we are ready
+        loop.add_signal_handler(sig, stop.set)
     datadir = DataDir(config.data_dir)
     datadir.create()
     datadir.lock()
@@ -79,9 +82,6 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
         })
         datadir.write_runtime({**info, "role": config.role, "cluster": config.cluster})
         log.warning("eltond ready", extra={"node_id": identity.node_id, "http": info["http"]})
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.warning("eltond stopping: draining requests")
     finally:
