@@ -95,3 +95,17 @@ def test_parse_ref():
     assert parse_ref("mail@host") == ("mail@host", None)
     with pytest.raises(InvalidKey):
         parse_ref("a/../b@1")
+
+
+def test_progress_bar_only_on_a_terminal(shared_eltond, tmp_path):
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(8 * 1024 * 1024))
+    cmd = f"{sys.executable} -m mesh.cli.elton put tty/big {src}"
+    tty = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, timeout=60,
+                         env={**os.environ, "ELTON_HOST": shared_eltond.url, "COLUMNS": "100"})
+    assert tty.returncode == 0
+    screen = tty.stdout.decode(errors="replace")
+    assert "put tty/big" in screen and "MB" in screen  # the bar's label and transferred amount
+    assert screen.rstrip().endswith("tty/big@1")
+    piped = elton(shared_eltond, "put", "tty/big", str(src))
+    assert (piped.stdout, piped.stderr) == ("tty/big@2\n", "")
