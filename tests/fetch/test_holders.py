@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh.core.holders import (
+    MAX_REPORT_CHUNKS,
+    HolderIndex,
+    HolderReport,
+    HolderReporter,
+    RequestFullReport,
+    VersionHeld,
+    VersionHolders,
+)
+from mesh.core.manifest import chunk_hash
+from mesh.errors import ProtocolError
+
+H = [chunk_hash(bytes([i])) for i in range(40)]
+
+
+def pump(reporter: HolderReporter, index: HolderIndex, node: str, now: float, drop: set[int] = frozenset()) -> None:
+    reporter.handle_timer(now)
+    for i, report in enumerate(reporter.drain()):
+        if i not in drop:
+            index.receive(node, HolderReport.from_wire(report.to_wire()), now)
+    for req in index.drain():
+        assert req.dest == node
+        reporter.request_full()
+
+
+def test_full_then_deltas() -> None:
+    r, ix = HolderReporter(epoch=1, chunks=H[:3]), HolderIndex(ttl=30)
+    pump(r, ix, "n1", 0.0)
+    assert ix.chunks_of("n1") == set(H[:3])
+    r.added(H[5])
+    r.removed(H[0])
+    pump(r, ix, "n1", 1.0)
+    assert ix.chunks_of("n1") == {H[1], H[2], H[5]}
+    assert ix.holders(H[5], 1.0) == ["n1"] and ix.holders(H[0], 1.0) == []
+
+
+def test_lost_delta_triggers_full_report() -> None:
+    r, ix = HolderReporter(epoch=1), HolderIndex(ttl=30)
+    pump(r, ix, "n1", 0.0)
+    r.added(H[1])
+    pump(r, ix, "n1", 1.0, drop={0})  # lost
+    r.added(H[2])
+    pump(r, ix, "n1", 2.0)  # gap seen -> RequestFullReport
+    assert ix.chunks_of("n1") == set()
+    pump(r, ix, "n1", 2.0)
+    assert ix.chunks_of("n1") == {H[1], H[2]}
+
+
+def test_restart_with_new_epoch_must_begin_with_a_full_report() -> None:
+    ix = HolderIndex(ttl=30)
+    ix.receive("n1", HolderReport(1, 1, (H[0],), full=True), 0.0)
+    ix.receive("n1", HolderReport(2, 1, (H[1],)), 1.0)  # a delta in a new epoch
+    assert ix.drain() == [RequestFullReport("n1")] and ix.chunks_of("n1") == {H[0]}
+    ix.receive("n1", HolderReport(2, 2, (H[1],), full=True), 1.0)
+    assert ix.chunks_of("n1") == {H[1]}
+    ix.receive("n1", HolderReport(1, 9, (H[3],), full=True), 1.0)  # from before the restart
+    assert ix.chunks_of("n1") == {H[1]} and ix.ignored == 2
+
+
+def test_dead_holder_is_forgotten_within_ttl_and_touch_keeps_it() -> None:
+    ix = HolderIndex(ttl=10)
+    ix.receive("a", HolderReport(1, 1, (H[0],), full=True), 0.0)
+    ix.receive("b", HolderReport(1, 1, (H[0],), full=True), 0.0)
+    ix.touch("a", 8.0)
+    assert ix.next_deadline() == 10.0
+    assert ix.holders(H[0], 10.0) == ["a"]  # b's lease lapsed even before the timer ran
+    ix.handle_timer(10.0)
+    assert ix.nodes() == ["a"] and ix.next_deadline() == 18.0
+    ix.forget("a")
+    assert ix.holders(H[0], 10.0) == [] and ix.next_deadline() is None
+
+
+def test_large_full_report_comes_in_parts() -> None:
+    many = [f"{i:064x}" for i in range(MAX_REPORT_CHUNKS + 5)]
+    r, ix = HolderReporter(epoch=3, chunks=many), HolderIndex()
+    r.handle_timer(0.0)
+    parts = r.drain()
+    assert len(parts) == 2 and parts[0].full and not parts[0].last and parts[1].last
+    ix.receive("n", parts[0], 0.0)
+    assert ix.chunks_of("n") == set()  # the old set stays until the last part
+    ix.receive("n", parts[1], 0.0)
+    assert len(ix.chunks_of("n")) == len(many)
+
+
+def test_per_node_limit() -> None:
+    ix = HolderIndex(max_chunks_per_node=2)
+    with pytest.raises(ProtocolError):
+        ix.receive("n", HolderReport(1, 1, tuple(H[:3]), full=True), 0.0)
+
+
+@pytest.mark.parametrize("wire", [
+    None, {"t": "holders"}, {"t": "holders", "e": 1, "s": 0, "a": [], "r": [], "f": False, "p": 0, "l": True},
+    {"t": "holders", "e": 1, "s": 1, "a": ["xyz"], "r": [], "f": False, "p": 0, "l": True},
+    {"t": "holders", "e": 1, "s": 1, "a": [], "r": [H[0]], "f": True, "p": 0, "l": True},
+    {"t": "holders", "e": -1, "s": 1, "a": [], "r": [], "f": False, "p": 0, "l": True},
+])
+def test_malformed_reports_are_dropped(wire: object) -> None:
+    with pytest.raises(ProtocolError):
+        HolderReport.from_wire(wire)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32), st.lists(st.tuples(st.integers(0, 39), st.booleans()), max_size=60))
+def test_index_converges_to_what_the_node_holds_despite_loss(seed: int, ops: list[tuple[int, bool]]) -> None:
+    rng = random.Random(seed)
+    r, ix = HolderReporter(epoch=1, chunks=H[:5], delta_interval=1.0), HolderIndex(ttl=1e9, resync_interval=0)
+    now = 0.0
+    for i, add in ops:
+        (r.added if add else r.removed)(H[i])
+        now += 1.0
+        pump(r, ix, "n", now, drop={0} if rng.random() < 0.3 else set())
+    for _ in range(3):  # loss-free rounds a heartbeat apart: a gap is noticed, a full report follows
+        if rng.random() < 0.5:
+            r.added(H[39])
+        now += r.heartbeat
+        pump(r, ix, "n", now)
+    assert ix.chunks_of("n") == r._held
+
+
+def test_version_holders_at_home() -> None:
+    vh = VersionHolders(ttl=100, max_records=3)
+    vh.receive(VersionHeld("a/b", 1, "dc1"), 0.0)
+    vh.receive(VersionHeld("a/b", 1, "aws-eu"), 10.0)
+    assert vh.clusters("a/b", 1, 50.0) == ["aws-eu", "dc1"]
+    assert vh.clusters("a/b", 1, 100.0) == ["aws-eu"]
+    vh.receive(VersionHeld("a/b", 1, "dc1"), 100.0)  # refreshed
+    vh.receive(VersionHeld("a/b", 1, "aws-eu", held=False), 100.0)
+    assert vh.clusters("a/b", 1, 150.0) == ["dc1"] and vh.next_deadline() == 200.0
+    for v in (2, 3, 4):
+        vh.receive(VersionHeld("a/b", v, "dc1"), 101.0)
+    assert vh.clusters("a/b", 1, 150.0) == []  # bounded: the oldest record went first
+    vh.forget_cluster("dc1")
+    vh.handle_timer(1e9)
+    assert vh.next_deadline() is None
+    with pytest.raises(ProtocolError):
+        VersionHeld.from_wire({"t": "version_held", "k": "a//b", "v": 1, "c": "x", "h": True})
+    assert VersionHeld.from_wire(VersionHeld("k", 2, "c").to_wire()) == VersionHeld("k", 2, "c")
