@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dht import Master
+from dht import Master, Placement
 from mesh.core.codec import pack, unpack
 from mesh.core.identity import Identity
 from mesh.core.issuance import (
@@ -24,6 +24,7 @@ from mesh.core.issuance import (
     Record,
     RoundRecord,
     Send,
+    majority,
     manifest_hash,
     message_from_wire,
     message_to_wire,
@@ -92,6 +93,7 @@ class SimCluster:
         self.writers = [Writer(f"k{i % keys}", self.roster_ids[i % masters]) for i in range(writers)]
         self.by_request: dict[str, Writer] = {}
         self.acked: dict[tuple[str, int], str] = {}
+        self.copies_needed: dict[tuple[str, int], int] = {}
         self.commits = 0
         self.failures = 0
         self._new_roster(self.roster_ids, at_once=True)
@@ -221,6 +223,10 @@ class SimCluster:
         h = manifest_hash(m.encode())
         if self.acked.setdefault((m.key, m.version), h) != h:
             raise Violation(f"({m.key}, {m.version}) acknowledged with two manifests")
+        # a majority of the key's list (shorter than r under replica_scope=cluster in a small cluster)
+        listed = Placement(self.rosters[-1], self.config.vnodes).replicas(m.key, self.config.replicas,
+                                                                          self.config.replica_scope)
+        self.copies_needed[(m.key, m.version)] = majority(len(listed))
 
     def run(self, dt: float) -> None:
         end = self.now + dt
@@ -270,7 +276,7 @@ class SimCluster:
             copies = sum(1 for host in self.hosts.values()
                          if (rec := host.store.get(("a", key, version))) is not None
                          and rec.entry.manifest_hash == h)
-            if copies < 2:
+            if copies < self.copies_needed.get((key, version), 2):
                 raise Violation(f"acknowledged ({key}, {version}) is durable on {copies} master(s)")
 
     def check(self) -> None:
