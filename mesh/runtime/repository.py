@@ -12,7 +12,7 @@ import asyncio
 import sqlite3
 import threading
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,10 +82,19 @@ def _issue_op(draft: Draft, expected_parent: int | None, identity: Identity, now
     return op
 
 
+IssueFn = Callable[[Draft, "int | None"], Awaitable[Manifest]]
+"""Issues a version for a draft (expected parent or None) somewhere else: the key's home master."""
+
+
 class Repository:
-    def __init__(self, data_dir: Path, identity: Identity, clock: Callable[[], float]) -> None:
+    """A node's store. Versions are issued locally unless an ``issuer`` is set (a mesh with masters):
+    then the draft goes to it, and the signed manifest it returns is recorded here like a local one."""
+
+    def __init__(self, data_dir: Path, identity: Identity, clock: Callable[[], float],
+                 issuer: IssueFn | None = None) -> None:
         self.identity = identity
         self.clock = clock
+        self.issuer = issuer
         self.chunks = ChunkStore(data_dir / "chunks")
         self.meta = MetaStore(data_dir / "meta.sqlite")
         self.executor = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
@@ -175,14 +184,23 @@ class Repository:
         await self._in_thread(self.chunks.sync_dirs, {r.hash for r in refs})
         draft = Draft(key=key, size=size, content_hash=content_hash, chunks=tuple(refs),
                       author=self.identity.node_id, kind=kind, meta=meta)
-        issue_op = _issue_op(draft, expected_parent, self.identity, self.clock())
         pairs = sorted({(r.hash, r.size) for r in refs})
+        if self.issuer is not None:
+            await self.meta.write(record_chunks(pairs))
+            manifest = (await self.issuer(draft, expected_parent)).verify()
+            await self.meta.write(store_version(manifest))
+            return manifest
+        issue_op = _issue_op(draft, expected_parent, self.identity, self.clock())
 
         def op(conn: sqlite3.Connection) -> Manifest:
             record_chunks(pairs)(conn)
             return issue_op(conn)
 
         return await self.meta.write(op)
+
+    async def learn(self, manifest: Manifest) -> None:
+        """Record a version issued elsewhere (verified by its signature) so it can be served here."""
+        await self.meta.write(store_version(manifest.verify()))
 
     async def put_chunk(self, expected_hash: str, data: bytes) -> bool:
         check_hash(expected_hash)
