@@ -153,3 +153,30 @@ def test_service_without_data_dir_and_unknown_stream_kind(tmp_path):
         finally:
             await s.close()
     run(main())
+
+
+@pytest.mark.slow
+def test_default_profile_sees_a_crashed_master_dead_everywhere_within_5_seconds(tmp_path):
+    from mesh.core.membership import Config
+
+    async def main():
+        first = service(tmp_path, 0, config=Config.lan())
+        await first.start()
+        token = first.make_token()
+        services = [first]
+        for i in range(1, 5):
+            s = service(tmp_path, i, config=Config.lan())
+            await s.start(new_mesh=False)
+            await s.join([first.address], token)
+            services.append(s)
+        try:
+            ids = {s.id for s in services}
+            await wait_for(lambda: all(states(s) == dict.fromkeys(ids, "alive") for s in services), 10)
+            victim = services[2]
+            await victim.close()
+            rest = [s for s in services if s is not victim]
+            took = await wait_for(lambda: state_of(rest, victim.id) == {"dead"}, 5, "death under 5 s")
+            assert took < 5
+        finally:
+            await close_all(services)
+    run(main())
