@@ -160,6 +160,16 @@ def write_frame(writer: asyncio.StreamWriter, data: bytes) -> None:
     writer.write(FRAME_HEADER.pack(len(data)) + data)
 
 
+def parse_addr(addr: Addr | str) -> Addr:
+    """("host", port) or "host:port" (IPv6 as "[::1]:7946")."""
+    if isinstance(addr, tuple):
+        return (str(addr[0]), int(addr[1]))
+    host, sep, port = str(addr).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidRequest(f"not a HOST:PORT address: {addr!r}")
+    return (host.strip("[]"), int(port))
+
+
 class GossipService:
     """Membership over the network, embeddable in the daemon. See the module docstring."""
 
@@ -288,9 +298,12 @@ class GossipService:
         """A join token for this mesh (only on the host that holds the admin key)."""
         return make_token(self._require_admin(), os.urandom(8), time.time() + ttl)
 
-    def revoke(self, node_id: str) -> None:
-        """Remove ``node_id`` from the mesh for good: the revocation spreads by gossip."""
+    def revoke(self, node: str) -> str:
+        """Remove a host from the mesh for good (full id or a unique prefix of 8+ digits); return its id.
+
+        The revocation spreads by gossip; from then on its messages are dropped everywhere."""
         admin = self._require_admin()
+        node_id = self._resolve(node)
         if node_id == self.id:
             raise InvalidRequest("the admin host cannot revoke itself")
         assert self.core is not None
@@ -299,6 +312,26 @@ class GossipService:
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from exc
         self._pump()
+        return node_id
+
+    def _resolve(self, node: str) -> str:
+        known = set(self.admission.certificates) if self.admission is not None else set()
+        known |= {m.id for m in self.members()}
+        if node in known or (len(node) == 40 and all(c in "0123456789abcdef" for c in node)):
+            return node
+        matches = sorted(k for k in known if len(node) >= 8 and k.startswith(node.lower()))
+        if len(matches) != 1:
+            raise InvalidRequest(f"{node!r} names {'no' if not matches else 'more than one'} member of the mesh")
+        return matches[0]
+
+    def info(self) -> dict[str, Any]:
+        """A summary for status pages: who we are, the mesh, the members, the drop counters."""
+        members = self.members()
+        return {"node_id": self.id, "mesh_id": self.mesh_id, "joined": self.joined, "admin": self.admin is not None,
+                "gossip": list(self.address) if self.address else None, "incarnation": self.incarnation,
+                "members": {s: sum(1 for m in members if m.state.value == s)
+                            for s in ("alive", "suspect", "dead", "left")},
+                "drops": dict(self.drops), "ignored": self.ignored}
 
     def _require_admin(self) -> Identity:
         if self.admin is None or self.core is None:
@@ -307,9 +340,9 @@ class GossipService:
 
     # -- join -------------------------------------------------------------------------------------
 
-    async def join(self, seeds: Iterable[Addr], token: str | None = None) -> int:
+    async def join(self, seeds: Iterable[Addr | str], token: str | None = None) -> int:
         """Join through ``seeds`` (with a token the first time); return how many seeds answered."""
-        seeds = list(seeds)
+        seeds = [parse_addr(seed) for seed in seeds]
         if not seeds:
             raise InvalidRequest("no seed address to join")
         if token is not None:
@@ -455,7 +488,9 @@ class GossipService:
             raise ProtocolError("replayed")
 
     async def _serve_join(self, request: StreamRequest) -> Any:
-        admin = self._require_admin()
+        if self.admin is None or self.core is None:  # the joiner tries its next seed
+            raise Unavailable("this host cannot admit: join through the host that created the mesh")
+        admin = self.admin
         body = request.body
         if not isinstance(body, dict) or not isinstance(body.get("token"), str):
             raise InvalidRequest("a join request carries a token")

@@ -8,7 +8,7 @@ import pytest
 import uvloop
 
 from mesh.core.membership import MemberState
-from mesh.errors import Conflict, Unauthorized
+from mesh.errors import Conflict, InvalidRequest, Unauthorized, Unavailable
 from mesh.runtime.gossip import ADMIN_KEY_FILE, MESH_DIR, GossipService, ReplayWindow, TokenBucket
 from tests.membership.runtime_helpers import close_all, mesh, service, state_of, states, wait_for
 
@@ -82,7 +82,10 @@ def test_revoke_removes_a_member_and_its_messages_are_dropped(tmp_path):
             admin, victim = services[0], services[3]
             with pytest.raises(Unauthorized):
                 services[1].revoke(victim.id)
-            admin.revoke(victim.id)
+            with pytest.raises(InvalidRequest):
+                admin.revoke("abc")
+            assert admin.revoke(victim.id[:10]) == victim.id
+            assert admin.info()["admin"] and not services[1].info()["admin"]
             others = services[:3]
             await wait_for(lambda: state_of(others, victim.id) == {"unknown"}, 5, "revocation")
             await wait_for(lambda: sum(s.drops.get("revoked", 0) for s in others) > 0, 5, "revoked drops")
@@ -107,16 +110,24 @@ def test_bad_tokens_and_joins_are_refused(tmp_path):
             with pytest.raises(Unauthorized, match="malformed"):
                 await joiner.join([first.address], "nope")
             assert not joiner.joined and joiner.members() == []
-            await joiner.join([first.address], first.make_token())
-            assert joiner.joined
+            host, port = first.address
+            await joiner.join([f"{host}:{port}"], first.make_token())
+            assert joiner.joined and joiner.info()["members"]["alive"] >= 1
+            late = service(tmp_path, 3)
+            await late.start(new_mesh=False)
+            with pytest.raises(Unavailable, match="cannot admit"):  # only the admin host admits
+                await late.join([joiner.address], first.make_token())
+            await late.join([joiner.address, first.address], first.make_token())  # falls through to the admin
+            assert late.mesh_id == first.mesh_id
+            await late.close()
             with pytest.raises(Conflict):
                 await joiner.join([other.address], other.make_token())
             # a host that made its own mesh but is alone may still join another one
             await other.join([first.address], first.make_token())
             assert other.mesh_id == first.mesh_id
             assert not (tmp_path / "host5" / MESH_DIR / ADMIN_KEY_FILE).exists()
-            ids = {first.id, joiner.id, other.id}
-            await wait_for(lambda: set(states(first)) == ids, 5, "both joined")
+            ids = {first.id, joiner.id, other.id, late.id}
+            await wait_for(lambda: ids - {late.id} <= set(states(first)) <= ids, 5, "all joined")
         finally:
             await close_all([first, other, joiner])
     run(main())
