@@ -1,0 +1,141 @@
+"""Where eltonfs gets and puts bytes: the daemon's chunks, behind a persistent local cache.
+
+Directory objects and whole lower files are cached in the cache directory by content, so they are
+valid forever: a lower file is fetched once, on first open, then served from the local disk.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from fs.tree import EMPTY_DIR, EMPTY_DIR_BYTES, Chunks, Entry, decode_dir
+from mesh.core.codec import pack
+from mesh.core.manifest import chunk_hash
+from mesh.errors import CorruptChunk
+
+FIXED_PIECE = 4 * 1024 * 1024
+DIR_CACHE = 4096
+
+
+class ChunkClient(Protocol):
+    """The part of ``mesh.client.Client`` eltonfs uses."""
+
+    def put_chunk(self, data: bytes) -> str: ...
+    def get_chunk(self, h: str) -> bytes: ...
+    def missing_chunks(self, hashes: list[str]) -> list[str]: ...
+
+
+def cut(stream: BinaryIO) -> Iterator[bytes]:
+    """Cut a file into chunks: FastCDC from mesh.store.chunker, else fixed 4 MiB pieces."""
+    try:
+        from mesh.store.chunker import chunk_stream
+    except ImportError:  # pragma: no cover - only before the chunker lands
+        def chunk_stream(s: BinaryIO) -> Iterator[bytes]:
+            while piece := s.read(FIXED_PIECE):
+                yield piece
+    return chunk_stream(stream)
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Store:
+    def __init__(self, client: ChunkClient, cache_dir: Path) -> None:
+        self.client = client
+        self.cache_dir = Path(cache_dir)
+        self.objects_dir = self.cache_dir / "objects"
+        self.files_dir = self.cache_dir / "files"
+        self._dirs: OrderedDict[str, dict[str, Entry]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._fetching: dict[str, threading.Lock] = {}
+
+    # -- directory objects ------------------------------------------------------------------------
+    def load_dir(self, h: str) -> dict[str, Entry]:
+        with self._lock:
+            hit = self._dirs.get(h)
+            if hit is not None:
+                self._dirs.move_to_end(h)
+                return hit
+        if h == EMPTY_DIR:
+            data = EMPTY_DIR_BYTES
+        else:
+            path = self.objects_dir / h[:2] / h
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                data = self.client.get_chunk(h)
+                _atomic_write(path, lambda f: f.write(data))
+            if chunk_hash(data) != h:
+                path.unlink(missing_ok=True)
+                raise CorruptChunk(f"directory object {h}")
+        entries = decode_dir(data)
+        with self._lock:
+            self._dirs[h] = entries
+            while len(self._dirs) > DIR_CACHE:
+                self._dirs.popitem(last=False)
+        return entries
+
+    def put_objects(self, objects: dict[str, bytes]) -> int:
+        """Upload the directory objects the daemon lacks; return how many were sent."""
+        missing = self.client.missing_chunks(list(objects)) if objects else []
+        for h in missing:
+            self.client.put_chunk(objects[h])
+        for h, data in objects.items():
+            path = self.objects_dir / h[:2] / h
+            if not path.exists():
+                _atomic_write(path, lambda f, d=data: f.write(d))
+        return len(missing)
+
+    # -- files ------------------------------------------------------------------------------------
+    def file_path(self, chunks: Chunks) -> Path:
+        """The cached whole file with these chunks, fetched first if absent (one fetch at a time)."""
+        name = chunk_hash(pack([[h, s] for h, s in chunks]))
+        path = self.files_dir / name[:2] / name
+        if path.exists():
+            return path
+        with self._lock:
+            lock = self._fetching.setdefault(name, threading.Lock())
+        with lock:
+            if not path.exists():
+                def write(f: BinaryIO) -> None:
+                    for h, size in chunks:
+                        data = self.client.get_chunk(h)
+                        if len(data) != size:
+                            raise CorruptChunk(f"chunk {h} has {len(data)} bytes, not {size}")
+                        f.write(data)
+                _atomic_write(path, write)
+        with self._lock:
+            self._fetching.pop(name, None)
+        return path
+
+    def is_cached(self, chunks: Chunks) -> bool:
+        name = chunk_hash(pack([[h, s] for h, s in chunks]))
+        return (self.files_dir / name[:2] / name).exists()
+
+    def cut_file(self, path: Path, upload: bool) -> Chunks:
+        """The chunk list of a local file; with ``upload``, send the chunks the daemon lacks."""
+        out: list[tuple[str, int]] = []
+        with open(path, "rb") as f:
+            for data in cut(f):
+                h = chunk_hash(data)
+                out.append((h, len(data)))
+                if upload and self.client.missing_chunks([h]):
+                    self.client.put_chunk(data)
+        return tuple(out)
+
+    def ensure_uploaded(self, chunks: Chunks) -> bool:
+        """True when the daemon holds every chunk of this list."""
+        return not chunks or not self.client.missing_chunks([h for h, _ in chunks])
