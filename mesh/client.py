@@ -72,8 +72,9 @@ class Download:
 
 
 class Client:
-    def __init__(self, base_url: str | None = None, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str | None = None, timeout: float = 60.0, token: str | None = None) -> None:
         self.base_url = (base_url or default_url()).rstrip("/")
+        self.token = token if token is not None else os.environ.get("ELTON_HTTP_TOKEN")
         parts = urlsplit(self.base_url if "://" in self.base_url else "http://" + self.base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise InvalidRequest(f"host must be an http:// URL, not {self.base_url!r}")
@@ -103,6 +104,8 @@ class Client:
              *, retry: bool = True) -> http.client.HTTPResponse:
         """Send a request and return the response with its body unread (for streaming)."""
         headers = dict(headers or {})
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         for attempt in (0, 1):
             conn = self._conn()
             try:
@@ -150,6 +153,17 @@ class Client:
 
     def status(self) -> dict[str, Any]:
         return self._json("GET", "/v1/status")
+
+    # -- mesh -------------------------------------------------------------------------------------
+    def members(self) -> dict[str, Any]:
+        """{"self": id, "members": [{id, cluster, role, address, http, state, incarnation, rtt_ms}]}"""
+        return self._json("GET", "/v1/members")
+
+    def mesh_token(self, ttl: float = 24 * 3600.0) -> str:
+        return self._json("POST", "/v1/mesh/token", {"ttl": ttl})["token"]
+
+    def mesh_remove(self, node: str) -> str:
+        return self._json("POST", "/v1/mesh/remove", {"node": node})["removed"]
 
     # -- keys -------------------------------------------------------------------------------------
     def put(self, key: str, source: BinaryIO | str | Path | bytes, *, parent: int | None = None,

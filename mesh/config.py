@@ -9,9 +9,12 @@ same names as the flags, with ``_`` for ``-``::
     cluster = "dc1"
     role = "both"            # both | master | node
     join = ["10.0.0.1:7946"]
-    token = "..."
+    token = "..."            # join token, first start only
     verbose = false
     max_object_size = 1099511627776
+    gossip_profile = "lan"   # lan | wan | local
+    advertise = "203.0.113.7:7946"  # when the gossip address others reach differs from the bind
+    http_token = "..."       # required when http is not on loopback
 
     [costs]                  # USD per GB by link class (issue 5)
     lan = 0.0
@@ -41,6 +44,10 @@ def default_data_dir() -> Path:
     return Path(base) / "elton"
 
 
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -59,6 +66,9 @@ class Config:
     token: str | None = None
     verbose: bool = False
     max_object_size: int = 1 << 40
+    gossip_profile: str = "lan"  # lan | wan | local: membership timings (mesh.core.membership.Config)
+    advertise: str | None = None  # the gossip HOST:PORT other hosts reach, when it differs from --gossip
+    http_token: str | None = None  # required by the HTTP API when it listens beyond loopback
     costs: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -79,6 +89,16 @@ class Config:
             parse_hostport(peer, "join")
         if self.max_object_size <= 0:
             raise ConfigError("max_object_size must be positive")
+        if self.gossip_profile not in ("lan", "wan", "local"):
+            raise ConfigError(f"gossip_profile must be lan, wan or local, not {self.gossip_profile!r}")
+        if self.advertise is not None:
+            parse_hostport(self.advertise, "advertise")
+        if not is_loopback(self.http_addr[0]) and not self.http_token:
+            raise ConfigError(f"http {self.http} is beyond loopback: set http_token (ELTON_HTTP_TOKEN) to protect it")
+        if self.join and is_loopback((self.advertise and parse_hostport(self.advertise, "advertise")[0])
+                                     or self.gossip_addr[0]) and not all(
+                is_loopback(parse_hostport(p, "join")[0]) for p in self.join):
+            raise ConfigError("--join needs --gossip (or advertise) on an address the other hosts can reach")
         return self
 
 

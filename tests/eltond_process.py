@@ -32,7 +32,8 @@ class EltondProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mesh.cli.eltond", "start", "--data-dir", str(self.data_dir),
-                 "--http", http, *self.extra], stdout=log, stderr=log, env=env)
+                 "--http", http, *(() if "--gossip" in self.extra else ("--gossip", "127.0.0.1:0")), *self.extra],
+                stdout=log, stderr=log, env=env)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -50,10 +50,12 @@ def _when(ts: float) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--host", envvar="ELTON_HOST", default=None, help=f"eltond URL [default: $ELTON_HOST or {default_url()}]")
+@click.option("--http-token", envvar="ELTON_HTTP_TOKEN", default=None,
+              help="bearer token of an eltond whose API is beyond loopback [$ELTON_HTTP_TOKEN]")
 @click.pass_context
-def cli(ctx: click.Context, host: str | None) -> None:
+def cli(ctx: click.Context, host: str | None, http_token: str | None) -> None:
     """Store and read immutable versions of keys in the Elton mesh."""
-    ctx.obj = Client(host)
+    ctx.obj = Client(host, token=http_token)
 
 
 @cli.command()
@@ -170,6 +172,44 @@ def stat(client: Client, ref: str, as_json: bool) -> None:
         ("author", m["author"]), ("issuer", m["issuer"]),
     ]:
         click.echo(f"{name + ':':9} {value}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def members(client: Client, as_json: bool) -> None:
+    """The mesh as this host sees it: id, cluster, role, address, state, incarnation, round-trip time."""
+    view = client.members()
+    if as_json:
+        click.echo(json.dumps(view["members"]))
+        return
+    click.echo(f"{'ID':14} {'CLUSTER':12} {'ROLE':7} {'ADDRESS':22} {'STATE':8} {'INC':>5} {'RTT':>9}")
+    for m in sorted(view["members"], key=lambda m: (m["cluster"], m["id"])):
+        rtt = "-" if m["rtt_ms"] is None else f"{m['rtt_ms']:.2f} ms"
+        me = " (self)" if m["id"] == view["self"] else ""
+        click.echo(f"{m['id'][:12]:14} {m['cluster'][:12]:12} {m['role']:7} {m['address']:22} {m['state']:8} "
+                   f"{m['incarnation']:>5} {rtt:>9}{me}")
+
+
+@cli.group()
+def mesh() -> None:
+    """Admission: join tokens and removal of hosts (on the host that created the mesh)."""
+
+
+@mesh.command()
+@click.option("--ttl", default=24 * 3600.0, show_default=True, help="seconds the token stays valid")
+@click.pass_obj
+def token(client: Client, ttl: float) -> None:
+    """Print a join token: eltond start --join ADDR --token T on a new host."""
+    click.echo(client.mesh_token(ttl))
+
+
+@mesh.command()
+@click.argument("node")
+@click.pass_obj
+def remove(client: Client, node: str) -> None:
+    """Revoke NODE (its id, or a unique prefix of 8+ digits): every host drops it."""
+    click.echo(f"removed {client.mesh_remove(node)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,9 +18,12 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
-from mesh.config import Config
-from mesh.errors import ConfigError
+from mesh.config import Config, parse_hostport
+from mesh.core.identity import Identity
+from mesh.core.membership import Config as GossipConfig
+from mesh.errors import ConfigError, EltonError
 from mesh.runtime.datadir import DataDir
+from mesh.runtime.gossip import GossipService
 from mesh.runtime.http_api import Api
 from mesh.runtime.repository import Repository
 
@@ -39,6 +42,7 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
     datadir.lock()
     repo: Repository | None = None
     runner: web.AppRunner | None = None
+    gossip: GossipService | None = None
     try:
         identity = datadir.identity()
         repo = Repository(config.data_dir, identity, clock=time.time)
@@ -61,7 +65,7 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
                           "disk_free": disk.free, "disk_total": disk.total},
             }
 
-        api = Api(repo, status, config.max_object_size)
+        api = Api(repo, status, config.max_object_size, http_token=config.http_token)
         runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=DRAIN_SECONDS,
                                handle_signals=False)
         await runner.setup()
@@ -71,12 +75,15 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
         except OSError as exc:
             raise ConfigError(f"cannot listen on http {config.http}: {exc.strerror}") from exc
         bound = _bound_port(site)
+        gossip = await start_gossip(config, identity, http_advertised=f"{_url_host(http_host)}:{bound}")
+        api.gossip = gossip
         info.update({
             "node_id": identity.node_id,
             "pid": os.getpid(),
             "http": f"{http_host}:{bound}",
             "http_url": f"http://{_url_host(http_host)}:{bound}",
-            "gossip": config.gossip,
+            "gossip": f"{gossip.address[0]}:{gossip.address[1]}" if gossip.address else config.gossip,
+            "mesh_id": gossip.mesh_id,
             "version": VERSION,
             "started_at": started_at,
         })
@@ -85,12 +92,36 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
         log.warning("eltond stopping: draining requests")
     finally:
+        if gossip is not None:
+            await gossip.leave()  # a graceful stop tells the mesh at once instead of waiting for suspicion
         if runner is not None:
             await runner.cleanup()
         if repo is not None:
             repo.close()
         datadir.clear_runtime()
         datadir.unlock()
+
+
+async def start_gossip(config: Config, identity: Identity, http_advertised: str) -> GossipService:
+    """Listen on the gossip address; create a mesh, or join one with --join (and --token the first time)."""
+    profile = {"lan": GossipConfig.lan, "wan": GossipConfig.wan, "local": GossipConfig.local}[config.gossip_profile]()
+    advertise = parse_hostport(config.advertise, "advertise") if config.advertise else None
+    gossip = GossipService(identity, profile, bind=config.gossip_addr, cluster=config.cluster, role=config.role,
+                           http_addr=http_advertised, data_dir=config.data_dir, advertise=advertise)
+    try:
+        await gossip.start(new_mesh=not config.join)
+    except OSError as exc:
+        await gossip.close()
+        raise ConfigError(f"cannot listen on gossip {config.gossip}: {exc.strerror}") from exc
+    if config.join:
+        try:
+            await gossip.join(config.join, config.token)
+        except EltonError as exc:
+            if not gossip.joined:  # first start: without the mesh there is nothing to serve
+                await gossip.close()
+                raise
+            log.warning("rejoin through %s failed (%s); saved peers will be retried", config.join, exc.message)
+    return gossip
 
 
 def _bound_port(site: web.TCPSite) -> int:

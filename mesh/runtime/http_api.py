@@ -10,6 +10,7 @@ content of any key, including one whose last segment is ``versions``, is also at
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import sqlite3
@@ -27,7 +28,10 @@ from mesh.errors import (
     RangeNotSatisfiable,
     StorageFull,
     TooLarge,
+    Unauthorized,
+    Unavailable,
 )
+from mesh.runtime.gossip import GossipService
 from mesh.runtime.openapi import OPENAPI
 from mesh.runtime.repository import MAX_CHUNK_UPLOAD, Repository
 from mesh.store.chunks import check_hash
@@ -101,14 +105,38 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return web.json_response({"error": "internal", "message": f"internal error: {exc}"}, status=500)
 
 
+def token_middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Require ``Authorization: Bearer <token>`` (the API is exposed beyond loopback)."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if request.path != "/v1/health" and not hmac.compare_digest(given, expected):
+            raise Unauthorized("this API needs 'Authorization: Bearer <http_token>'")
+        return await handler(request)
+
+    return check
+
+
+def member_json(m: Any) -> dict[str, Any]:
+    return {"id": m.id, "cluster": m.cluster, "role": m.role, "address": f"{m.gossip[0]}:{m.gossip[1]}",
+            "http": m.http, "state": m.state.value, "incarnation": m.incarnation,
+            "rtt_ms": None if m.rtt is None else round(m.rtt * 1000, 3)}
+
+
 class Api:
-    def __init__(self, repo: Repository, status: Callable[[], dict[str, Any]], max_object_size: int) -> None:
+    def __init__(self, repo: Repository, status: Callable[[], dict[str, Any]], max_object_size: int,
+                 http_token: str | None = None) -> None:
         self.repo = repo
         self.status_fn = status
         self.max_object_size = max_object_size
+        self.http_token = http_token
+        self.gossip: GossipService | None = None  # set once the mesh is up
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_JSON_BODY,
+        middlewares = [errors_middleware] + ([token_middleware(self.http_token)] if self.http_token else [])
+        app = web.Application(middlewares=middlewares, client_max_size=MAX_JSON_BODY,
                               handler_args={"read_bufsize": 1 << 20})
         r = app.router
         r.add_get("/v1/health", self.health)
@@ -121,6 +149,10 @@ class Api:
         for prefix in ("/v1/keys/", "/v1/data/"):
             r.add_get(prefix + "{key:.+}", self.get_key)  # and HEAD
             r.add_put(prefix + "{key:.+}", self.put_key)
+        r.add_get("/v1/members", self.members)
+        r.add_get("/v1/mesh", self.mesh_info)
+        r.add_post("/v1/mesh/token", self.mesh_token)
+        r.add_post("/v1/mesh/remove", self.mesh_remove)
         r.add_post("/v1/chunks/missing", self.missing_chunks)
         r.add_get("/v1/chunks/{hash}", self.get_chunk)
         r.add_put("/v1/chunks/{hash}", self.put_chunk)
@@ -134,6 +166,35 @@ class Api:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
+
+    # -- mesh -------------------------------------------------------------------------------------
+    def _mesh(self) -> GossipService:
+        if self.gossip is None:
+            raise Unavailable("the mesh layer is starting")
+        return self.gossip
+
+    async def members(self, request: web.Request) -> web.Response:
+        gossip = self._mesh()
+        return web.json_response({"self": gossip.id, "members": [member_json(m) for m in gossip.members()]})
+
+    async def mesh_info(self, request: web.Request) -> web.Response:
+        return web.json_response(self._mesh().info())
+
+    async def mesh_token(self, request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else {}
+        ttl = body.get("ttl", 24 * 3600.0) if isinstance(body, dict) else None
+        if not isinstance(ttl, (int, float)) or not 0 < ttl <= 365 * 24 * 3600:
+            raise InvalidRequest("ttl must be a number of seconds between 0 and one year")
+        return web.json_response({"token": self._mesh().make_token(float(ttl)), "ttl": ttl})
+
+    async def mesh_remove(self, request: web.Request) -> web.Response:
+        try:
+            node = (await request.json())["node"]
+            if not isinstance(node, str):
+                raise TypeError("node must be a string")
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidRequest(f"remove body: {exc}") from exc
+        return web.json_response({"removed": self._mesh().revoke(node)})
 
     # -- keys -------------------------------------------------------------------------------------
     async def put_key(self, request: web.Request) -> web.Response:

@@ -47,10 +47,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # The one place that says how a host's daemon is started. Placeholders: {venv} {python} {data_dir}
 # {host} {ip} {cluster} (number) {cluster_name} (c<k>) {role} {http} {gossip} {join} (the whole
-# "--join ADDR" option, or nothing) {join_addr}. Values are shell-quoted before substitution.
+# "--join ADDR" option, or nothing) {join_addr} {token} (the whole "--token T" option, or nothing).
+# Values are shell-quoted before substitution.
 DAEMON_CMD = (
     "{venv}/bin/eltond start --data-dir {data_dir} --http {http} --gossip {gossip}"
-    " --cluster {cluster_name} --role {role} {join}"
+    " --cluster {cluster_name} --role {role} {join} {token}"
 )
 
 
@@ -196,6 +197,7 @@ class Harness:
         self.daemons = daemons
         self.daemon_cmd = daemon_cmd
         self.health_timeout = health_timeout
+        self.token: str | None = None  # the join token the seed host gave, once it is up
         self.venv = Path(venv) if venv else (REPO_ROOT / ".venv" if (REPO_ROOT / ".venv").is_dir()
                                              else Path(sys.prefix))
         self.state: MeshState | None = None
@@ -356,10 +358,14 @@ class Harness:
 
     # ---- daemons --------------------------------------------------------------------------------
     def join_addr(self, host: Host) -> str | None:
-        """Whom a host joins: its cluster's first master; the first masters join cluster 1's."""
-        if host.index == 1:
-            return None if host.cluster == 1 else f"{HOST_NET}.1.1:{GOSSIP_PORT}"
-        return f"{HOST_NET}.{host.cluster}.1:{GOSSIP_PORT}"
+        """Whom a host joins: its cluster's first master, and the seed host (c1h1, which created the
+        mesh and holds the admin key: only it admits a new host); the seed joins nobody."""
+        seed = f"{HOST_NET}.1.1:{GOSSIP_PORT}"
+        if host.cluster == 1 and host.index == 1:
+            return None
+        if host.index == 1 or host.cluster == 1:
+            return seed
+        return f"{HOST_NET}.{host.cluster}.1:{GOSSIP_PORT},{seed}"
 
     def daemon_argv(self, host: Host) -> list[str]:
         """The daemon command line of a host, from the template."""
@@ -370,14 +376,31 @@ class Harness:
                   "gossip": f"{host.ip}:{GOSSIP_PORT}", "join_addr": join or ""}
         quoted = {k: shlex.quote(v) for k, v in values.items()}
         quoted["join"] = f"--join {shlex.quote(join)}" if join else ""
+        quoted["token"] = f"--token {shlex.quote(self.token)}" if join and self.token else ""
         try:
             return shlex.split(self.daemon_cmd.format(**quoted))
         except (KeyError, IndexError, ValueError) as e:
             raise HarnessError(f"bad daemon command template {self.daemon_cmd!r}: {e}") from None
 
     def _start_daemons(self) -> None:
+        """Start the seed host, take a join token from it, then start every other host with it."""
         assert self.state is not None
-        for host in self.state.hosts:
+        seed, rest = self.state.hosts[0], self.state.hosts[1:]
+        self._spawn_daemons([seed])
+        self._wait_healthy([seed])
+        if rest:
+            self.token = self._join_token(seed)
+            self._spawn_daemons(rest)
+
+    def _join_token(self, seed: Host) -> str | None:
+        """A join token from the seed's eltond (None when the daemon is a stand-in without one)."""
+        r = self.exec(seed.name, [str(self.venv / "bin" / "elton"), "--host", f"http://{HTTP_ADDR}",
+                                  "mesh", "token"], timeout=30)
+        return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+
+    def _spawn_daemons(self, hosts: list[Host]) -> None:
+        assert self.state is not None
+        for host in hosts:
             Path(host.data_dir).mkdir(parents=True, exist_ok=True)
             argv = self.daemon_argv(host)
             with open(Path(host.data_dir) / "eltond.log", "ab") as log:
@@ -388,17 +411,18 @@ class Harness:
             host.pid, host.pid_start = proc.pid, _proc_start(proc.pid)
             self._save()
 
-    def _wait_healthy(self) -> None:
+    def _wait_healthy(self, hosts: list[Host] | None = None) -> None:
         """Wait until every daemon answers its health URL inside its namespace, or say who did not."""
         assert self.state is not None
+        hosts = self.state.hosts if hosts is None else hosts
         deadline = time.time() + self.health_timeout
         url = f"http://{HTTP_ADDR}{HEALTH_PATH}"
         probes = {h.name: subprocess.Popen(["ip", "netns", "exec", h.netns, sys.executable, "-c", _HEALTH_PROBE,
                                             url, str(deadline)], stdout=subprocess.PIPE,
                                            stderr=subprocess.STDOUT, text=True)
-                  for h in self.state.hosts}
+                  for h in hosts}
         failures: dict[str, str] = {}
-        for h in self.state.hosts:
+        for h in hosts:
             probe = probes[h.name]
             while probe.poll() is None:
                 code = self._exit_code(h)
@@ -423,6 +447,27 @@ class Harness:
         if h.pid in self._children:
             return self._children[h.pid].poll()
         return "?" if _proc_start(h.pid) != h.pid_start else None
+
+    # ---- one host's daemon -----------------------------------------------------------------------
+    def kill_daemon(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal a host's daemon (SIGKILL: a crash) and wait until it is gone."""
+        host = self.host(name)
+        if host.pid is None:
+            raise HarnessError(f"{name} has no daemon")
+        _signal(host.pid, sig)
+        child = self._children.pop(host.pid, None)
+        if child is not None:
+            child.wait(30)
+        host.pid, host.pid_start = None, None
+        self._save()
+
+    def start_daemon(self, name: str) -> None:
+        """Start a host's daemon again (same data dir and command line) and wait for its health."""
+        host = self.host(name)
+        if host.pid is not None and self._exit_code(host) is None:
+            raise HarnessError(f"{name}'s daemon is still running (pid {host.pid})")
+        self._spawn_daemons([host])
+        self._wait_healthy([host])
 
     # ---- use ------------------------------------------------------------------------------------
     def exec(self, name: str, argv: list[str], check: bool = False, capture: bool = True,

@@ -32,7 +32,7 @@ def test_sigterm_drains_and_exits_zero(tmp_path):
 
 
 def test_second_daemon_on_same_data_dir_fails_clearly(eltond):
-    r = eltond_cli("start", "--data-dir", str(eltond.data_dir), "--http", "127.0.0.1:0")
+    r = eltond_cli("start", "--data-dir", str(eltond.data_dir), "--http", "127.0.0.1:0", "--gossip", "127.0.0.1:0")
     assert r.returncode != 0
     assert r.stderr.strip().splitlines()[-1] == (
         f"eltond: The data directory is in use by another eltond: {eltond.data_dir} (pid {eltond.pid})")
@@ -56,7 +56,7 @@ def test_detach_status_stop(tmp_path):
     data = tmp_path / "n"
     port = _free_port()
     r = eltond_cli("start", "--detach", "--data-dir", str(data), "--http", f"127.0.0.1:{port}",
-                   "--cluster", "lab")
+                   "--gossip", "127.0.0.1:0", "--cluster", "lab")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("eltond started: pid ")
     try:
@@ -82,7 +82,7 @@ def test_bad_flags_give_one_line_errors(tmp_path):
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     port = busy.getsockname()[1]
-    r = eltond_cli("start", "--data-dir", str(tmp_path / "n"), "--http", f"127.0.0.1:{port}")
+    r = eltond_cli("start", "--data-dir", str(tmp_path / "n"), "--http", f"127.0.0.1:{port}", "--gossip", "127.0.0.1:0")
     busy.close()
     assert r.returncode == 1 and f"cannot listen on http 127.0.0.1:{port}" in r.stderr
 
@@ -91,7 +91,7 @@ def test_config_precedence(tmp_path):
     cfg = tmp_path / "elton.toml"
     cfg.write_text('http = "127.0.0.1:1111"\ncluster = "from-file"\nrole = "master"\n')
     env = {"ELTON_CLUSTER": "from-env", "ELTON_JOIN": "10.0.0.1:7946,10.0.0.2:7946"}
-    c = load_config({"role": "node", "data_dir": tmp_path}, cfg, env)
+    c = load_config({"role": "node", "data_dir": tmp_path, "gossip": "192.0.2.10:7946"}, cfg, env)
     assert (c.http, c.cluster, c.role) == ("127.0.0.1:1111", "from-env", "node")
     assert c.join == ("10.0.0.1:7946", "10.0.0.2:7946")
     # the data dir's own elton.toml is read when no file is named
@@ -102,12 +102,21 @@ def test_config_precedence(tmp_path):
         load_config({}, cfg, {})
 
 
+def test_config_refuses_unsafe_or_unreachable_addresses(tmp_path):
+    with pytest.raises(ConfigError, match="beyond loopback: set http_token"):
+        load_config({"data_dir": tmp_path, "http": "0.0.0.0:7420"}, None, {})
+    assert load_config({"data_dir": tmp_path, "http": "0.0.0.0:7420", "http_token": "s3cret"}, None, {})
+    with pytest.raises(ConfigError, match="--join needs --gossip"):
+        load_config({"data_dir": tmp_path, "join": ("192.0.2.1:7946",)}, None, {})
+
+
 def test_env_sets_the_http_address(tmp_path):
     port = _free_port()
     d = EltondProcess(tmp_path / "n", env={"ELTON_HTTP": f"127.0.0.1:{port}"})
     d.extra = []
     d.data_dir.mkdir(parents=True)
-    proc = subprocess.Popen([sys.executable, "-m", "mesh.cli.eltond", "start", "--data-dir", str(d.data_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "mesh.cli.eltond", "start", "--data-dir", str(d.data_dir),
+                             "--gossip", "127.0.0.1:0"],
                             env={**os.environ, "ELTON_HTTP": f"127.0.0.1:{port}"},
                             stderr=subprocess.PIPE)
     try:

@@ -60,7 +60,7 @@ def test_the_units_command_line_starts_eltond(tmp_path):
     env_line = re.search(r"^Environment=ELTON_DATA_DIR=(.+)$", unit, re.M).group(1)
     assert env_line == "/var/lib/elton/%i"
     conf = tmp_path / "eltond.toml"
-    conf.write_text('http = "127.0.0.1:0"\n')
+    conf.write_text('http = "127.0.0.1:0"\ngossip = "127.0.0.1:0"\n')
     argv = [a if a != "/etc/elton/eltond.toml" else str(conf) for a in exec_start]
     data = tmp_path / "state"
     proc = subprocess.Popen(argv, env={**os.environ, "ELTON_DATA_DIR": str(data)}, stderr=subprocess.PIPE)
