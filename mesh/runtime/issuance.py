@@ -8,9 +8,16 @@ the gossip layer, carries out its effects, and pumps it on one re-armed timer. O
 Effects keep the core's rule: a ``Persist`` is group-committed through ``MetaStore.write``, and
 no ``Send``/``Done`` drained after it goes out before it (and every earlier one) is durable.
 Sends go as TCP frames of kind ``issuance`` (the receiver acks at once; replies travel as frames
-of their own), batched per destination, with at most ``max_sends`` frames in flight: beyond
-that a frame is dropped and counted, the core resends on its retry timer. Nothing queues
-without bound.
+of their own). Each destination master has a link with at most ``frames_per_master`` frames in
+flight; messages produced meanwhile wait in the link's bounded buffer and leave together in the
+next frame (batching grows with load, like the group commit). Beyond ``max_buffered`` messages
+are dropped and counted; the core resends on its retry timer. Nothing queues without bound.
+
+One exception to the Persist-first rule: an ``Accept`` leaves at once. It is a proposer's
+message; its ballot's round was made durable before the ``Prepare`` that preceded it, and what
+waits in the Persist beside it is only this master's own acceptor record, whose
+acknowledgement (the ``Done``/``CommitReply``) still waits for it. So the home's fsync and the
+replicas' run in parallel instead of one after the other.
 
 Roster epochs. Every master must map an epoch number to the same roster. The roster is the set
 of admitted masters (certificates with role master/both, with their clusters), and the epoch is
@@ -36,7 +43,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import blake3
@@ -96,7 +103,8 @@ class IssuanceSettings:
     commit_timeout: float = 10.0
     retry_interval: float = 0.5
     send_timeout: float = 2.0  # one frame to a master
-    max_sends: int = 256  # frames in flight at once
+    frames_per_master: int = 4  # frames in flight to one master; more messages wait and share a frame
+    max_buffered: int = 4096  # messages waiting for one master; beyond, dropped and counted
     poll_interval: float = 0.1  # membership (roster, liveness, addresses) re-read this often
     pending_retry: float = 2.0  # queued commits are retried this often while their key is reachable
 
@@ -132,6 +140,14 @@ def _wire_size(msg: Message) -> int:
     return 256
 
 
+@dataclass
+class _Link:
+    """Messages waiting for one master, and how many frames to it are in flight."""
+
+    buffer: deque[Message] = field(default_factory=deque)
+    inflight: int = 0
+
+
 class IssuerService:
     """Version issuance for one eltond. ``await start()``, then ``issue`` is the Repository hook."""
 
@@ -157,6 +173,7 @@ class IssuerService:
         self._barrier: asyncio.Task[None] | None = None
         self._deferred: deque[tuple[asyncio.Task[None], Effect]] = deque()
         self._sends = 0
+        self._links: dict[str, _Link] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -236,7 +253,7 @@ class IssuerService:
                 self._carry_out(ready)
                 ready = []
                 self._persist(effect.records)
-            elif self._barrier is not None:
+            elif self._barrier is not None and not (isinstance(effect, Send) and isinstance(effect.message, Accept)):
                 self._deferred.append((self._barrier, effect))
             else:
                 ready.append(effect)
@@ -254,6 +271,8 @@ class IssuerService:
             await previous  # durable in order: this one counts only once all earlier ones are
 
     def _on_durable(self, task: asyncio.Task[None]) -> None:
+        if self._closed:
+            return
         if task.cancelled() or task.exception() is not None:
             exc = Unavailable("the issuance store could not be written") if task.cancelled() else task.exception()
             if self.broken is None:
@@ -315,39 +334,46 @@ class IssuerService:
     # -- sending --------------------------------------------------------------------------------
 
     def _send(self, dest: str, messages: list[Message]) -> None:
-        member = self._members.get(dest)
-        if member is None or self.roster is None:
-            self._count("no_address", len(messages))
-            return
-        frame: list[Any] = []
-        size = 0
-        for msg in messages:
-            frame.append(message_to_wire(msg))
-            size += _wire_size(msg)
-            if len(frame) >= MAX_FRAME_MESSAGES or size >= MAX_FRAME_BYTES:
-                self._send_frame(member, frame)
-                frame, size = [], 0
-        if frame:
-            self._send_frame(member, frame)
+        link = self._links.get(dest)
+        if link is None:
+            link = self._links[dest] = _Link()
+        room = self.config.max_buffered - len(link.buffer)
+        if room < len(messages):
+            self._count("send_overflow", len(messages) - max(room, 0))
+            messages = messages[:max(room, 0)]
+        link.buffer.extend(messages)
+        self._kick(dest, link)
 
-    def _send_frame(self, member: MemberInfo, frame: list[Any]) -> None:
-        if self._sends >= self.config.max_sends:
-            self._count("send_busy", len(frame))
-            return
-        assert self.roster is not None
-        body = {"e": self.roster.epoch, "d": self.roster.digest, "ms": frame}
-        self._sends += 1
-        self._spawn(self._deliver(member, body))
+    def _kick(self, dest: str, link: _Link) -> None:
+        """Start frames to ``dest`` while it has fewer than ``frames_per_master`` in flight."""
+        while link.buffer and link.inflight < self.config.frames_per_master and not self._closed:
+            member = self._members.get(dest)
+            if member is None or self.roster is None:
+                self._count("no_address", len(link.buffer))
+                link.buffer.clear()
+                return
+            frame: list[Any] = []
+            size = 0
+            while link.buffer and len(frame) < MAX_FRAME_MESSAGES and size < MAX_FRAME_BYTES:
+                msg = link.buffer.popleft()
+                frame.append(message_to_wire(msg))
+                size += _wire_size(msg)
+            body = {"e": self.roster.epoch, "d": self.roster.digest, "ms": frame}
+            link.inflight += 1
+            self._sends += 1
+            self._spawn(self._deliver(dest, link, member, body))
 
-    async def _deliver(self, member: MemberInfo, body: dict[str, Any]) -> None:
+    async def _deliver(self, dest: str, link: _Link, member: MemberInfo, body: dict[str, Any]) -> None:
         try:
             await self.gossip.request(member.gossip, FRAME_KIND, body, timeout=self.config.send_timeout)
             self._count("frames_sent")
         except (OSError, TimeoutError, asyncio.IncompleteReadError, EltonError) as exc:
-            self._count("send_failed")
+            self._count("send_failed")  # the core resends on its retry timer
             log.debug("issuance frame to %s failed: %s", member.id[:12], exc)
         finally:
+            link.inflight -= 1
             self._sends -= 1
+        self._kick(dest, link)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -17,6 +17,7 @@ import blake3
 from mesh.core.identity import Identity
 from mesh.core.manifest import Draft
 from mesh.core.membership import Config
+from mesh.errors import EltonError
 from mesh.runtime.gossip import GossipService
 from mesh.runtime.issuance import IssuanceSettings, IssuerService
 from mesh.store.meta import MetaStore
@@ -149,9 +150,17 @@ def partition(hosts: list[Host], group: set[int]) -> None:
         h.blocked = set(outside if h.index in group else inside)
 
 
-def heal(hosts: list[Host]) -> None:
+async def heal(hosts: list[Host]) -> None:
+    """Restore every link, then push-pull across the former cut: the gossip layer forgets dead members
+    after ``gossip_to_the_dead`` and has no reconnect of its own, so the halves would not re-merge."""
+    cut = {h.index: set(h.blocked) for h in hosts}
     for h in hosts:
         h.blocked.clear()
+    for h in hosts:
+        peers = [g.gossip.address for g in hosts if ip(g.index) in cut[h.index] and g.gossip is not None]
+        if h.gossip is not None and peers:
+            with contextlib.suppress(EltonError):
+                await h.gossip.join(peers)
 
 
 def draft(key: str, tag: str, author: str = "writer") -> Draft:
