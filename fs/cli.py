@@ -185,12 +185,17 @@ def umount(directory: str) -> None:
     if r.returncode != 0:
         _fail(r.stderr.strip() or f"fusermount3 exited {r.returncode}")
     deadline = time.monotonic() + 30
-    while pid and time.monotonic() < deadline:
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            break
+    while pid and time.monotonic() < deadline and _alive(int(pid)):
         time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    """True while the process runs (a zombie waiting for a parent that will not reap it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -407,6 +407,8 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         self.state.need(inode)
+        if name.startswith(b"system."):  # POSIX ACLs are not kept: tools then fall back to chmod
+            raise NamespaceError(errno.EOPNOTSUPP)
         if len(value) > XATTR_MAX:
             raise NamespaceError(errno.E2BIG)
         self.state.db.execute("INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES(?, ?, ?)",

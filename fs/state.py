@@ -289,10 +289,8 @@ class State:
         path = self.upper_path(node.ino)
         st = os.stat(path)
         stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-        if node.hashed is not None and node.hashed_stamp == stamp:
-            chunks = tuple((h, s) for h, s in unpack(node.hashed, 1 << 30))
-            if not upload or self.store.ensure_uploaded(chunks):
-                return chunks
+        if not upload and node.hashed is not None and node.hashed_stamp == stamp:
+            return tuple((h, s) for h, s in unpack(node.hashed, 1 << 30))
         chunks = self.store.cut_file(path, upload)
         self.update(node.ino, hashed=_pack_chunks(chunks), hashed_stamp=stamp)
         return chunks

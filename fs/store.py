@@ -20,6 +20,7 @@ from mesh.errors import CorruptChunk
 
 FIXED_PIECE = 4 * 1024 * 1024
 DIR_CACHE = 4096
+UPLOAD_BATCH_BYTES = 64 * 1024 * 1024
 
 
 class ChunkClient(Protocol):
@@ -61,6 +62,8 @@ class Store:
         self._dirs: OrderedDict[str, dict[str, Entry]] = OrderedDict()
         self._lock = threading.Lock()
         self._fetching: dict[str, threading.Lock] = {}
+        self._pending: dict[str, bytes] = {}  # chunks to upload, sent in batches
+        self._pending_bytes = 0
 
     # -- directory objects ------------------------------------------------------------------------
     def load_dir(self, h: str) -> dict[str, Entry]:
@@ -126,15 +129,29 @@ class Store:
         return (self.files_dir / name[:2] / name).exists()
 
     def cut_file(self, path: Path, upload: bool) -> Chunks:
-        """The chunk list of a local file; with ``upload``, send the chunks the daemon lacks."""
+        """The chunk list of a local file; with ``upload``, stage its chunks for ``flush``."""
         out: list[tuple[str, int]] = []
         with open(path, "rb") as f:
             for data in cut(f):
                 h = chunk_hash(data)
                 out.append((h, len(data)))
-                if upload and self.client.missing_chunks([h]):
-                    self.client.put_chunk(data)
+                if upload and h not in self._pending:
+                    self._pending[h] = data
+                    self._pending_bytes += len(data)
+                    if self._pending_bytes >= UPLOAD_BATCH_BYTES:
+                        self.flush()
         return tuple(out)
+
+    def flush(self) -> int:
+        """Upload the staged chunks the daemon lacks (one question for the whole batch)."""
+        pending, self._pending, self._pending_bytes = self._pending, {}, 0
+        sent = 0
+        hashes = list(pending)
+        for i in range(0, len(hashes), 10_000):
+            for h in self.client.missing_chunks(hashes[i:i + 10_000]):
+                self.client.put_chunk(pending[h])
+                sent += 1
+        return sent
 
     def ensure_uploaded(self, chunks: Chunks) -> bool:
         """True when the daemon holds every chunk of this list."""

@@ -102,6 +102,7 @@ class Volume:
             root, objects, skipped = self.state.snapshot(upload=True)
             if root == base_root:
                 return {"version": base_version, "noop": True, "skipped": skipped}
+            self.store.flush()
             self.store.put_objects(objects)
             try:
                 m = self.client.commit(self.name, chunks=[], kind="tree", parent=base_version,
