@@ -1,0 +1,1 @@
+"""The storage systems the simulator compares on one topology and workload."""
