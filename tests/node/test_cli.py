@@ -109,3 +109,16 @@ def test_progress_bar_only_on_a_terminal(shared_eltond, tmp_path):
     assert screen.rstrip().endswith("tty/big@1")
     piped = elton(shared_eltond, "put", "tty/big", str(src))
     assert (piped.stdout, piped.stderr) == ("tty/big@2\n", "")
+
+
+def test_members_and_mesh_commands(shared_eltond):
+    me = shared_eltond.client().health()["node_id"]
+    js = json.loads(elton(shared_eltond, "members", "--json").stdout)
+    assert [(m["id"], m["state"], m["role"], m["cluster"]) for m in js] == [(me, "alive", "both", "default")]
+    table = elton(shared_eltond, "members").stdout.splitlines()
+    assert table[0].split() == ["ID", "CLUSTER", "ROLE", "ADDRESS", "STATE", "INC", "RTT"]
+    assert table[1].startswith(me[:12]) and table[1].endswith("(self)")
+    token = elton(shared_eltond, "mesh", "token", "--ttl", "60").stdout.strip()
+    assert token.startswith("ELTON1-")
+    r = elton(shared_eltond, "mesh", "remove", "deadbeefdeadbeef")
+    assert r.returncode == 1 and r.stderr.strip().startswith("elton: Invalid request: 'deadbeefdeadbeef' names no member")
