@@ -25,6 +25,7 @@ Driving it::
     index.receive(node, report, now)                # a HolderReport from a node of this cluster
     index.touch(node, now) / index.forget(node)     # failure detector: alive / dead
     index.holders(chunk, now) -> list[node]
+    index.answer(WhoHolds(chunks), cluster, now) -> Holders   # a node or another master asks
     index.handle_timer(now); index.drain()          # -> [RequestFullReport(dest)]
 
     homes = VersionHolders(ttl=600.0)
@@ -317,6 +318,9 @@ class HolderIndex:
     def holders(self, chunk: str, now: float) -> list[str]:
         return sorted(n for n in self._by_chunk.get(chunk, ()) if self._nodes[n].expires > now)
 
+    def answer(self, query: WhoHolds, cluster: str, now: float) -> Holders:
+        return Holders(cluster, tuple((c, tuple(self.holders(c, now)[:MAX_HOLDERS_LISTED])) for c in query.chunks))
+
     def chunks_of(self, node: str) -> frozenset[str]:
         rec = self._nodes.get(node)
         return frozenset(rec.chunks) if rec else frozenset()
@@ -342,6 +346,56 @@ class HolderIndex:
     def drain(self) -> list[RequestFullReport]:
         out, self._out = self._out, []
         return out
+
+
+MAX_QUERY_CHUNKS = 1024  # chunks per WhoHolds
+MAX_HOLDERS_LISTED = 16  # nodes per chunk in a Holders answer
+
+
+@dataclass(frozen=True)
+class WhoHolds:
+    """A node (or another cluster's master) -> a master: which of your nodes hold these chunks?"""
+
+    chunks: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        chunk_list(self.chunks, "malformed_holders", MAX_QUERY_CHUNKS)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": "who_holds", "c": list(self.chunks)}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> WhoHolds:
+        check(isinstance(obj, dict) and obj.get("t") == "who_holds", "malformed_holders", "not who_holds")
+        return cls(chunk_list(obj.get("c"), "malformed_holders", MAX_QUERY_CHUNKS))
+
+
+@dataclass(frozen=True)
+class Holders:
+    """A master's answer: for each chunk asked, live nodes of ``cluster`` holding it (maybe none)."""
+
+    cluster: str
+    entries: tuple[tuple[str, tuple[str, ...]], ...]
+
+    def __post_init__(self) -> None:
+        r = "malformed_holders"
+        check(is_cluster_name(self.cluster), r, "cluster name")
+        check(len(self.entries) <= MAX_QUERY_CHUNKS, r, "too many entries")
+        for chunk, nodes in self.entries:
+            check(is_chunk_hash(chunk) and isinstance(nodes, tuple) and len(nodes) <= MAX_HOLDERS_LISTED, r, "entry")
+            check(all(isinstance(n, str) and 0 < len(n) <= 80 for n in nodes), r, "node id")
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": "holders_of", "k": self.cluster, "e": [[c, list(n)] for c, n in self.entries]}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Holders:
+        check(isinstance(obj, dict) and obj.get("t") == "holders_of", "malformed_holders", "not holders_of")
+        try:
+            entries = tuple((c, tuple(n)) for c, n in obj["e"])
+            return cls(obj["k"], entries)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError("malformed_holders", str(exc)) from exc
 
 
 @dataclass(frozen=True)

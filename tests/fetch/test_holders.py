@@ -143,3 +143,22 @@ def test_version_holders_at_home() -> None:
     with pytest.raises(ProtocolError):
         VersionHeld.from_wire({"t": "version_held", "k": "a//b", "v": 1, "c": "x", "h": True})
     assert VersionHeld.from_wire(VersionHeld("k", 2, "c").to_wire()) == VersionHeld("k", 2, "c")
+
+
+def test_who_holds_answer_and_wire() -> None:
+    from mesh.core.holders import Holders, WhoHolds
+
+    ix = HolderIndex(ttl=10)
+    ix.receive("n1", HolderReport(1, 1, (H[0], H[1]), full=True), 0.0)
+    ix.receive("n2", HolderReport(1, 1, (H[1],), full=True), 0.0)
+    q = WhoHolds.from_wire(WhoHolds((H[0], H[1], H[2])).to_wire())
+    a = Holders.from_wire(ix.answer(q, "dc1", 1.0).to_wire())
+    assert a == Holders("dc1", ((H[0], ("n1",)), (H[1], ("n1", "n2")), (H[2], ())))
+    assert ix.answer(q, "dc1", 11.0).entries[1] == (H[1], ())  # leases lapsed
+    for bad in ({"t": "who_holds", "c": ["x"]}, {"t": "who_holds", "c": [H[0]] * 2000}):
+        with pytest.raises(ProtocolError):
+            WhoHolds.from_wire(bad)
+    with pytest.raises(ProtocolError):
+        Holders.from_wire({"t": "holders_of", "k": "", "e": []})
+    with pytest.raises(ProtocolError):
+        Holders.from_wire({"t": "holders_of", "k": "dc1", "e": [[H[0], [1]]]})
