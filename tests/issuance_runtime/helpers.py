@@ -22,6 +22,7 @@ from mesh.runtime.gossip import GossipService
 from mesh.runtime.issuance import IssuanceSettings, IssuerService
 from mesh.store.meta import MetaStore
 
+GOSSIP = Config.local()
 SETTINGS = IssuanceSettings(replicas=3, replica_scope="mesh", commit_timeout=2.0, retry_interval=0.1,
                             send_timeout=1.0, poll_interval=0.05, pending_retry=0.2)
 
@@ -72,7 +73,7 @@ class Host:
 
     async def start(self, new_mesh: bool = False) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        gossip = GossipService(identity(self.index), Config.local(), bind=(ip(self.index), self.port),
+        gossip = GossipService(identity(self.index), GOSSIP, bind=(ip(self.index), self.port),
                                cluster=self.cluster, role=self.role, http_addr=f"http://{ip(self.index)}:8080",
                                data_dir=self.dir)
         self._install_filter(gossip)
@@ -150,17 +151,26 @@ def partition(hosts: list[Host], group: set[int]) -> None:
         h.blocked = set(outside if h.index in group else inside)
 
 
-async def heal(hosts: list[Host]) -> None:
-    """Restore every link, then push-pull across the former cut: the gossip layer forgets dead members
-    after ``gossip_to_the_dead`` and has no reconnect of its own, so the halves would not re-merge."""
+async def heal(hosts: list[Host], limit: float = 10.0) -> None:
+    """Restore every link, then push-pull across the former cut until every host sees the others alive.
+
+    The gossip layer push-pulls only with members it holds alive, and a host never refutes a 'dead' about
+    itself heard in a push-pull, so after a cut the halves do not re-merge by themselves; push-pulls
+    across the cut let each side relay the other's 'dead' as a suspicion, which its subject refutes.
+    A lone host has nobody to relay: its side never hears it was declared dead (reported upstream)."""
     cut = {h.index: set(h.blocked) for h in hosts}
     for h in hosts:
         h.blocked.clear()
-    for h in hosts:
-        peers = [g.gossip.address for g in hosts if ip(g.index) in cut[h.index] and g.gossip is not None]
-        if h.gossip is not None and peers:
-            with contextlib.suppress(EltonError):
-                await h.gossip.join(peers)
+    start = time.monotonic()
+    while not all(h.service is None or h.service._live >= {g.id for g in hosts if g.up} for h in hosts):
+        if time.monotonic() - start > limit:
+            raise AssertionError(f"the mesh did not re-merge within {limit} s")
+        for h in hosts:
+            peers = [g.gossip.address for g in hosts if ip(g.index) in cut[h.index] and g.gossip is not None]
+            if h.gossip is not None and peers:
+                with contextlib.suppress(EltonError):
+                    await h.gossip.join(peers)
+        await asyncio.sleep(0.3)
 
 
 def draft(key: str, tag: str, author: str = "writer") -> Draft:

@@ -1,0 +1,115 @@
+"""IssuerService under faults: whole-mesh restart from records, bounded failure naming the home and the
+unreachable replicas, queued commits issued after the partition heals, malformed and stale frames dropped."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import uvloop
+
+from mesh.errors import ReplicasUnreachable
+from mesh.runtime.issuance import CommitQueued, PendingCommits, queue_commits
+from mesh.runtime.issuance_store import PendingStore
+from tests.issuance_runtime.helpers import SETTINGS, close_all, draft, heal, make_mesh, partition, wait_for
+
+THREE = [("a", "master"), ("b", "master"), ("c", "master")]
+
+
+def run(coro):
+    return uvloop.run(coro)
+
+
+def test_every_master_crashes_and_restarts_and_the_counters_continue(tmp_path):
+    async def main():
+        hosts = await make_mesh(tmp_path, THREE)
+        try:
+            for i in range(5):
+                assert (await hosts[i % 3].issue(draft("r/k", f"a{i}"))).version == i + 1
+            epoch = hosts[0].service.roster.epoch
+            for h in hosts:
+                await h.crash()
+            for h in hosts:
+                await h.start()
+            ids = {h.id for h in hosts}
+            await wait_for(lambda: all(h.service._live == ids for h in hosts), 10, "rejoin")
+            assert {h.service.roster.epoch for h in hosts} == {epoch}
+            m = await hosts[1].issue(draft("r/k", "after"))
+            assert (m.version, m.parent) == (6, 5)
+            assert len(hosts[0].service.store.accepted("r/k")) >= 5
+        finally:
+            await close_all(hosts)
+    run(main())
+
+
+def test_a_cut_off_master_fails_in_bounded_time_then_its_queued_commit_is_issued(tmp_path):
+    async def main():
+        hosts = await make_mesh(tmp_path, THREE + [("a", "master")])
+        lonely = hosts[0]
+        service = lonely.service
+        learned = []
+
+        async def on_issued(manifest):
+            learned.append(manifest)
+
+        pending = PendingCommits(PendingStore(lonely.meta), service.issue, on_issued, service.reachable,
+                                 retry_interval=0.2)
+        await pending.start()
+        try:
+            assert (await lonely.issue(draft("q/k", "before"))).version == 1
+            partition(hosts, {0, 3})  # cluster a (two masters; a single one could not re-merge, see helpers.heal)
+            await wait_for(lambda: service._live == {lonely.id, hosts[3].id}, 10, "the others seen dead")
+            start = time.monotonic()
+            with pytest.raises(ReplicasUnreachable) as info:
+                await lonely.issue(draft("q/k", "cut"))
+            assert time.monotonic() - start < SETTINGS.commit_timeout + 1.0
+            text = str(info.value)
+            assert "home" in text and "unreachable: [" in text
+            assert hosts[1].id[:12] in text or hosts[2].id[:12] in text
+            hook = pending.hook()
+            with pytest.raises(ReplicasUnreachable):  # without --queue the error goes to the writer
+                await hook(draft("q/k", "no-queue"), None)
+            queue_commits.set(True)
+            with pytest.raises(CommitQueued) as queued:
+                await hook(draft("q/k", "queued"), None)
+            assert queued.value.http_status == 202 and queued.value.to_json()["pending"] == queued.value.pending_id
+            listed = pending.list()
+            assert [p["id"] for p in listed] == [queued.value.pending_id]
+            assert listed[0]["state"] == "queued" and listed[0]["key"] == "q/k"
+            await heal(hosts)
+            await wait_for(lambda: not pending.list(), 15, "the queued commit issued")
+            assert [m.key for m in learned] == ["q/k"] and learned[0].version >= 2
+            assert learned[0].content_hash == draft("q/k", "queued").content_hash
+        finally:
+            await pending.close()
+            await close_all(hosts)
+    run(main())
+
+
+def test_malformed_stale_and_foreign_frames_are_dropped_and_counted(tmp_path):
+    async def main():
+        hosts = await make_mesh(tmp_path, THREE + [("a", "node")])
+        try:
+            target = hosts[1]
+            addr = target.gossip.address
+            roster = target.service.roster
+            sender = hosts[0].gossip
+            cases = [
+                ("malformed", "not a map"),
+                ("roster_mismatch", {"e": roster.epoch + 1, "d": roster.digest, "ms": []}),
+                ("roster_mismatch", {"e": roster.epoch, "d": "0" * 32, "ms": []}),
+                ("malformed:malformed_issuance", {"e": roster.epoch, "d": roster.digest, "ms": [{"t": "bogus"}]}),
+                ("malformed:malformed_issuance", {"e": roster.epoch, "d": roster.digest,
+                                                  "ms": [{"t": "prepare", "key": "k", "ballot": [1, 2]}]}),
+            ]
+            for counter, body in cases:
+                before = target.service.counters.get(counter, 0)
+                await sender.request(addr, "issuance", body, timeout=2)
+                assert target.service.counters.get(counter, 0) == before + 1, counter
+            node = hosts[3].gossip  # admitted, but not a master: its Paxos messages are not heard
+            await node.request(addr, "issuance", {"e": roster.epoch, "d": roster.digest, "ms": []}, timeout=2)
+            assert target.service.counters.get("not_master") == 1
+            assert (await hosts[2].issue(draft("f/k", "still fine"))).version == 1
+        finally:
+            await close_all(hosts)
+    run(main())
