@@ -682,6 +682,10 @@ class GossipService:
         self._save_admission(force=True)
         log.info("created mesh %s", self.admission.mesh_id[:12])
 
+    def seal(self, kind: str, body: Any) -> bytes:
+        """One signed envelope from this host (for services that speak on the gossip port's TCP side)."""
+        return seal(self.identity, kind, self._next_seq(), body)
+
     def _next_seq(self) -> int:
         self._counter += 1
         return (self._boot_incarnation << SEQ_COUNTER_BITS) | (self._counter & ((1 << SEQ_COUNTER_BITS) - 1))
