@@ -225,7 +225,7 @@ class Api:
     async def get_key(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["key"]
         version = _int_param(request, "version", minimum=1)
-        manifest = self.repo.resolve(key, version)
+        manifest = await self.repo.find(key, version)
         etag = f'"{manifest.content_hash}"'
         headers = {
             "ETag": etag,
@@ -259,7 +259,7 @@ class Api:
             await resp.prepare(request)
             await resp.write_eof()
             return resp
-        chunks = self.repo.read_range(manifest, start, end)
+        chunks = self.repo.read_range_anywhere(manifest, start, end)
         try:
             # The first chunk is read and verified before the status line goes out, so a corrupt
             # small object gets a clean error; a later corrupt chunk aborts the connection instead.
@@ -284,18 +284,17 @@ class Api:
         key = request.match_info["key"]
         limit = _int_param(request, "limit", 1000, minimum=1) or 1000
         before = _int_param(request, "before", minimum=1)
-        self.repo.resolve(key)  # 404 for an unknown key
-        items = self.repo.meta.versions(key, min(limit, MAX_LIST), before)
+        items = await self.repo.history(key, min(limit, MAX_LIST), before)
         return web.json_response({"key": key, "versions": [manifest_summary(m) for m in items]})
 
     async def get_manifest(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
         raw = request.match_info["version"]
         if raw == "latest":
-            manifest = self.repo.resolve(key)
+            manifest = await self.repo.find(key)
             cache = "no-store"
         elif raw.isdigit() and int(raw) >= 1:
-            manifest = self.repo.resolve(key, int(raw))
+            manifest = await self.repo.find(key, int(raw))
             cache = IMMUTABLE
         else:
             raise InvalidRequest(f"version must be a positive integer or 'latest', not {raw!r}")

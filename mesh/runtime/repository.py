@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import blake3
 
@@ -29,6 +30,7 @@ from mesh.errors import (
     InvalidRequest,
     KeyNotFound,
     TooLarge,
+    Unavailable,
     VersionNotFound,
 )
 from mesh.store.chunker import MAX_SIZE, StreamChunker
@@ -68,6 +70,11 @@ def slices(manifest: Manifest, start: int, end: int) -> list[Slice]:
     return out
 
 
+def _unique(refs: list[ChunkRef]) -> list[ChunkRef]:
+    seen: set[str] = set()
+    return [r for r in refs if not (r.hash in seen or seen.add(r.hash))]  # type: ignore[func-returns-value]
+
+
 def _issue_op(draft: Draft, expected_parent: int | None, identity: Identity, now: float
               ) -> Callable[[sqlite3.Connection], Manifest]:
     def op(conn: sqlite3.Connection) -> Manifest:
@@ -86,6 +93,24 @@ IssueFn = Callable[[Draft, "int | None"], Awaitable[Manifest]]
 """Issues a version for a draft (expected parent or None) somewhere else: the key's home master."""
 
 
+class Remote(Protocol):
+    """What a node asks the rest of the mesh for: versions and chunks it does not hold."""
+
+    async def resolve(self, key: str, version: int | None) -> Manifest:
+        """The signed manifest of ``key@version`` (the latest, as the key's home knows it, for None);
+        raises KeyNotFound / VersionNotFound, or Unavailable when no master can be reached."""
+        ...
+
+    def fetch(self, manifest: Manifest, refs: list[ChunkRef]) -> AsyncIterator[bytes]:
+        """The verified bytes of ``refs`` (distinct chunks of ``manifest``), in order, from the
+        cheapest holders; each is stored here as a cached copy on the way (this host becomes a holder)."""
+        ...
+
+    async def versions(self, key: str, limit: int, before: int | None) -> list[Manifest]:
+        """The key's versions, newest first, as its home knows them."""
+        ...
+
+
 class Repository:
     """A node's store. Versions are issued locally unless an ``issuer`` is set (a mesh with masters):
     then the draft goes to it, and the signed manifest it returns is recorded here like a local one."""
@@ -95,6 +120,7 @@ class Repository:
         self.identity = identity
         self.clock = clock
         self.issuer = issuer
+        self.remote: Remote | None = None  # set by the daemon once the mesh is up
         self.chunks = ChunkStore(data_dir / "chunks")
         self.meta = MetaStore(data_dir / "meta.sqlite")
         self.executor = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
@@ -257,8 +283,75 @@ class Repository:
             raise VersionNotFound(f"{key}@{wanted} (latest is {latest})")
         return manifest
 
+    async def find(self, key: str, version: int | None = None) -> Manifest:
+        """Like ``resolve``, asking the mesh for what this node does not know.
+
+        A versioned read is answered locally when the version is here (it never changes). The
+        latest is the home's to say; when no master answers, the local latest is served (reads keep
+        working during a partition) and a version unknown here is an error that says why.
+        """
+        if self.remote is None:
+            return self.resolve(key, version)
+        validate_key(key)
+        if version is not None:
+            local = self.meta.manifest(key, version)
+            if local is not None:
+                return local
+        try:
+            manifest = await self.remote.resolve(key, version)
+        except Unavailable:
+            if version is None and self.meta.latest_version(key):
+                return self.resolve(key)
+            raise
+        await self.learn(manifest)
+        return manifest
+
     async def read_chunk(self, h: str) -> bytes:
         return await self._in_thread(self.chunks.read, h)
+
+    async def history(self, key: str, limit: int, before: int | None = None) -> list[Manifest]:
+        """A key's versions, newest first: the home's list in a mesh (local when it is unreachable)."""
+        if self.remote is not None:
+            try:
+                found = await self.remote.versions(key, limit, before)
+            except Unavailable:
+                found = []
+            if found:
+                return found
+        self.resolve(key)  # KeyNotFound when nothing is known here either
+        return self.meta.versions(key, limit, before)
+
+    async def read_range_anywhere(self, manifest: Manifest, start: int, end: int) -> AsyncIterator[bytes]:
+        """``read_range``, fetching from the mesh the chunks this node lacks (in order, verified)."""
+        wanted = slices(manifest, start, end)
+        missing = [s.chunk for s in wanted if not self.chunks.has(s.chunk.hash)]
+        if not missing or self.remote is None:
+            async for data in self.read_range(manifest, start, end):
+                yield data
+            return
+        fetched = self.remote.fetch(manifest, _unique(missing))
+        uses = Counter(s.chunk.hash for s in wanted)  # a fetched chunk is kept until its last use
+        pending: dict[str, bytes] = {}
+        try:
+            for s in wanted:
+                h = s.chunk.hash
+                if h in pending:
+                    data = pending[h]
+                elif self.chunks.has(h):
+                    data = await self.read_chunk(h)
+                else:
+                    while h not in pending:
+                        got = await fetched.__anext__()
+                        pending[chunk_hash(got)] = got
+                    data = pending[h]
+                uses[h] -= 1
+                if uses[h] == 0:
+                    pending.pop(h, None)
+                yield data if (s.start, s.end) == (0, len(data)) else data[s.start : s.end]
+        finally:
+            close = getattr(fetched, "aclose", None)
+            if close is not None:
+                await close()
 
     async def read_range(self, manifest: Manifest, start: int, end: int) -> AsyncIterator[bytes]:
         """Yield the verified bytes [start, end) of a version, reading a few chunks ahead."""
