@@ -3,12 +3,13 @@
 What runs for real (the same code as ``eltond``):
 - ``dht.Placement``: which masters hold a key's counter (home first);
 - ``mesh.core.issuance.Issuer`` on every master, pumped by ``SimHost``: commits, the replicated
-  counter, signed manifests, persistence records (kept per host and handed back on restart).
+  counter, signed manifests, persistence records (kept per host and handed back on restart);
+- ``mesh.core.costs.CostModel``: the expected cost (price, RTT, bandwidth EWMA) that ranks holders.
 
 What the simulator still does itself, until the matching core lands (named in the report under
 ``systems.elton.cores``): the failure detector's view (hosts' up/down state, standing in for
-the membership core), the holder index, the choice of the cheapest remote holder and the
-in-cluster coalescing of misses (the fetch planner and cost model), and the home's answer to
+the membership core), the holder index, the fetch loop and the in-cluster coalescing of misses
+(``mesh.core.fetch`` and ``mesh.core.holders`` landed too late to be wired), and the home's answer to
 "latest version of this key" (a directory of acknowledged manifests).
 
 The data path: a writer keeps its chunks (it becomes their holder) and sends only the draft to
@@ -27,11 +28,12 @@ import blake3
 
 from dht.placement import Master, Placement
 from mesh.core.codec import pack
+from mesh.core.costs import CostModel, LinkClass, PriceTable
+from mesh.core.costs import Host as CostHost
 from mesh.core.identity import Identity
 from mesh.core.manifest import ChunkRef, Draft, Manifest
 from sim.content import content_hash
 from sim.host import SimHost
-from sim.network import GB
 from sim.systems.base import CHUNK_REF_BYTES, CONTROL_BYTES, Context, Done, System
 from sim.workload import Op
 
@@ -44,7 +46,15 @@ except ImportError:  # pragma: no cover - depends on the state of the tree
     HAVE_ISSUER = False
 
 FETCH_WINDOW = 4  # chunks a reader fetches at once
-DOLLAR_WEIGHT_S = 1000.0  # seconds of transfer time one dollar is worth when choosing a holder
+
+
+def price_table(ctx: Context) -> PriceTable:
+    """The real cost model's price table, built from the scenario's link classes and prices."""
+    sc = ctx.scenario
+    costs: dict[str, Any] = {c: p for c, p in sc.prices.items() if c in {k.value for k in LinkClass}}
+    costs["pairs"] = {f"{s.a}/{s.b}": s.link_class for s in sc.links if s.a < s.b}
+    costs.update({k: v for k, v in sc.elton.get("costs", {}).items()})
+    return PriceTable.from_config(costs)
 
 
 class EltonSystem(System):
@@ -74,6 +84,8 @@ class EltonSystem(System):
         self.holders: dict[str, set[str]] = {}  # chunk hash -> hosts
         self.in_flight: dict[tuple[str, str], list[Callable[[str | None], None]]] = {}  # (chunk, cluster)
         self._requests = 0
+        self.cost_models: dict[str, CostModel] = {}  # per reading cluster (its nodes share estimates)
+        self.table = price_table(ctx)
 
     # ---- masters and their cores ---------------------------------------------------------
 
@@ -225,11 +237,22 @@ class EltonSystem(System):
         hosts = self.ctx.net.hosts
         return sorted(h for h in self.holders.get(chunk, ()) if hosts[h].up)
 
+    def _model(self, cluster: str) -> CostModel:
+        m = self.cost_models.get(cluster)
+        if m is None:
+            net = self.ctx.net
+
+            def rtt(a: str, b: str) -> float:  # stands in for Vivaldi: the scenario's latency, both ways
+                return 2 * net.link(net.hosts[a], net.hosts[b]).latency_s
+
+            m = self.cost_models[cluster] = CostModel(self.table, rtt=rtt)
+        return m
+
     def _cost(self, src: str, dst: str, size: int) -> float:
-        net = self.ctx.net
-        spec = net.link(net.hosts[src], net.hosts[dst])
-        price = self.ctx.scenario.prices.get(spec.link_class, 0.0)
-        return spec.latency_s + size * 8 / spec.bandwidth_bps + DOLLAR_WEIGHT_S * price * size / GB
+        """Expected USD of fetching ``size`` bytes from holder ``src`` to reader ``dst`` (mesh.core.costs)."""
+        hosts = self.ctx.net.hosts
+        local, holder = CostHost(dst, hosts[dst].cluster), CostHost(src, hosts[src].cluster)
+        return self._model(hosts[dst].cluster).estimate(local, holder, size).cost
 
     def _fetch(self, reader: str, c: ChunkRef, done: Callable[[bool], None], attempts: int) -> None:
         ctx = self.ctx
@@ -276,9 +299,17 @@ class EltonSystem(System):
 
     def _transfer(self, src: str, dst: str, c: ChunkRef, done: Callable[[bool], None]) -> None:
         net = self.ctx.net
+        engine = self.ctx.engine
+        started = engine.now
+
+        def arrived() -> None:
+            hosts = net.hosts
+            self._model(hosts[dst].cluster).observe_transfer(
+                CostHost(dst, hosts[dst].cluster), CostHost(src, hosts[src].cluster), c.size, engine.now - started)
+            done(True)
+
         net.send(dst, src, CONTROL_BYTES,
-                 lambda: net.send(src, dst, c.size + CONTROL_BYTES, lambda: done(True), "data",
-                                  on_fail=lambda: done(False)),
+                 lambda: net.send(src, dst, c.size + CONTROL_BYTES, arrived, "data", on_fail=lambda: done(False)),
                  "control", on_fail=lambda: done(False))
 
     def report(self) -> dict[str, Any]:
@@ -286,10 +317,13 @@ class EltonSystem(System):
             "placement": "real: dht.Placement",
             "issuance": "real: mesh.core.issuance.Issuer via SimHost" if HAVE_ISSUER else "absent: commits fail",
             "membership": "not wired: the simulator's host up/down state stands in for the failure detector",
-            "holder index": "not landed: the simulator keeps the holder set",
-            "fetch planner and coalescing": "not landed: the simulator picks the cheapest holder, one fetch per cluster",
-            "cost model": "not landed: latency + size/bandwidth + price weight in sim/systems/elton.py",
-            "vivaldi": "not landed: link latencies are taken from the scenario",
+            "holder index": "not wired (mesh.core.holders landed late): the simulator keeps the holder set",
+            "fetch planner and coalescing": "not wired (mesh.core.fetch landed late): the simulator asks the"
+                                            " cost model for the cheapest live holder and allows one WAN"
+                                            " fetch per chunk per cluster at a time",
+            "cost model": "real: mesh.core.costs.CostModel (PriceTable from the scenario, bandwidth EWMA"
+                          " fed by every simulated transfer) ranks the holders",
+            "vivaldi": "not wired: RTTs given to the cost model are the scenario's link latencies",
         }
         sent = sum(sh.sent for sh in self.sim_hosts.values())
         return {"cores": cores, "issuance_messages": sent}
