@@ -121,6 +121,8 @@ class Repository:
         self.clock = clock
         self.issuer = issuer
         self.remote: Remote | None = None  # set by the daemon once the mesh is up
+        # Runs before a version is issued: puts its chunks on more holders (durability.ChunkReplicator)
+        self.before_issue: Callable[[list[ChunkRef]], Awaitable[object]] | None = None
         self.chunks = ChunkStore(data_dir / "chunks")
         self.meta = MetaStore(data_dir / "meta.sqlite")
         self.executor = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
@@ -211,6 +213,8 @@ class Repository:
         draft = Draft(key=key, size=size, content_hash=content_hash, chunks=tuple(refs),
                       author=self.identity.node_id, kind=kind, meta=meta)
         pairs = sorted({(r.hash, r.size) for r in refs})
+        if self.before_issue is not None and refs:
+            await self.before_issue(_unique(refs))
         if self.issuer is not None:
             await self.meta.write(record_chunks(pairs))
             manifest = (await self.issuer(draft, expected_parent)).verify()
