@@ -15,6 +15,11 @@ same names as the flags, with ``_`` for ``-``::
     gossip_profile = "lan"   # lan | wan | local
     advertise = "203.0.113.7:7946"  # when the gossip address others reach differs from the bind
     http_token = "..."       # required when http is not on loopback
+    replicas = 3             # masters holding each key's version counter
+    replica_scope = "mesh"   # mesh | cluster
+    commit_timeout = 10.0    # seconds before a commit with unreachable replicas fails
+    copies = 2               # store hosts holding a version's chunks before it is acknowledged
+    copies_scope = "cluster" # cluster | mesh
 
     [costs]                  # USD per GB by link class (issue 5)
     lan = 0.0
@@ -69,6 +74,11 @@ class Config:
     gossip_profile: str = "lan"  # lan | wan | local: membership timings (mesh.core.membership.Config)
     advertise: str | None = None  # the gossip HOST:PORT other hosts reach, when it differs from --gossip
     http_token: str | None = None  # required by the HTTP API when it listens beyond loopback
+    replicas: int = 3  # masters that hold each key's version counter (fewer when the mesh has fewer)
+    replica_scope: str = "mesh"  # mesh: survive losing a cluster; cluster: fast commits, one site
+    commit_timeout: float = 10.0  # a commit whose replica majority is unreachable fails after this
+    copies: int = 2  # store hosts that hold a version's chunks before it is acknowledged
+    copies_scope: str = "cluster"  # cluster | mesh
     costs: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -91,6 +101,12 @@ class Config:
             raise ConfigError("max_object_size must be positive")
         if self.gossip_profile not in ("lan", "wan", "local"):
             raise ConfigError(f"gossip_profile must be lan, wan or local, not {self.gossip_profile!r}")
+        if self.replicas < 1 or self.copies < 1:
+            raise ConfigError("replicas and copies are at least 1")
+        if self.replica_scope not in ("mesh", "cluster") or self.copies_scope not in ("mesh", "cluster"):
+            raise ConfigError("replica_scope and copies_scope are mesh or cluster")
+        if not 0 < self.commit_timeout <= 3600:
+            raise ConfigError("commit_timeout is between 0 and 3600 seconds")
         if self.advertise is not None:
             parse_hostport(self.advertise, "advertise")
         if not is_loopback(self.http_addr[0]) and not self.http_token:
@@ -111,11 +127,11 @@ def _coerce(name: str, value: Any) -> Any:
         return tuple(str(v).strip() for v in value)
     if name == "verbose":
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
-    if name == "max_object_size":
+    if name in ("max_object_size", "replicas", "copies", "commit_timeout"):
         try:
-            return int(value)
+            return float(value) if name == "commit_timeout" else int(value)
         except ValueError as exc:
-            raise ConfigError(f"max_object_size must be an integer, not {value!r}") from exc
+            raise ConfigError(f"{name} must be a number, not {value!r}") from exc
     if name == "costs":
         if not isinstance(value, Mapping):
             raise ConfigError("[costs] must be a table")

@@ -23,9 +23,13 @@ from mesh.core.identity import Identity
 from mesh.core.membership import Config as GossipConfig
 from mesh.errors import ConfigError, EltonError
 from mesh.runtime.datadir import DataDir
+from mesh.runtime.durability import ChunkReplicator
 from mesh.runtime.gossip import GossipService
 from mesh.runtime.http_api import Api
+from mesh.runtime.issuance import IssuanceSettings, IssuerService, PendingCommits
+from mesh.runtime.issuance_store import PendingStore
 from mesh.runtime.repository import Repository
+from mesh.runtime.transfer import ChunkServer
 
 log = logging.getLogger("elton.daemon")
 DRAIN_SECONDS = 10.0
@@ -43,6 +47,8 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
     repo: Repository | None = None
     runner: web.AppRunner | None = None
     gossip: GossipService | None = None
+    issuer: IssuerService | None = None
+    pending: PendingCommits | None = None
     try:
         identity = datadir.identity()
         repo = Repository(config.data_dir, identity, clock=time.time)
@@ -76,7 +82,16 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
             raise ConfigError(f"cannot listen on http {config.http}: {exc.strerror}") from exc
         bound = _bound_port(site)
         gossip = await start_gossip(config, identity, http_advertised=f"{_url_host(http_host)}:{bound}")
-        api.gossip = gossip
+        ChunkServer(gossip, repo.chunks, repo.executor)
+        repo.before_issue = ChunkReplicator(gossip, repo, config.copies, config.copies_scope).ensure
+        issuer = IssuerService(identity, gossip, repo.meta, IssuanceSettings(
+            replicas=config.replicas, replica_scope=config.replica_scope, commit_timeout=config.commit_timeout))
+        await issuer.start()
+        pending = PendingCommits(PendingStore(repo.meta), issuer.issue, on_issued=repo.learn,
+                                 reachable=issuer.reachable)
+        await pending.start()
+        repo.issuer = pending.hook()
+        api.gossip, api.issuer, api.pending = gossip, issuer, pending
         info.update({
             "node_id": identity.node_id,
             "pid": os.getpid(),
@@ -92,6 +107,10 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
         log.warning("eltond stopping: draining requests")
     finally:
+        if pending is not None:
+            await pending.close()
+        if issuer is not None:
+            await issuer.close()
         if gossip is not None:
             await gossip.leave()  # a graceful stop tells the mesh at once instead of waiting for suspicion
         if runner is not None:

@@ -32,6 +32,7 @@ from mesh.errors import (
     Unavailable,
 )
 from mesh.runtime.gossip import GossipService
+from mesh.runtime.issuance import IssuerService, PendingCommits, queue_commits
 from mesh.runtime.openapi import OPENAPI
 from mesh.runtime.repository import MAX_CHUNK_UPLOAD, Repository
 from mesh.store.chunks import check_hash
@@ -133,6 +134,8 @@ class Api:
         self.max_object_size = max_object_size
         self.http_token = http_token
         self.gossip: GossipService | None = None  # set once the mesh is up
+        self.issuer: IssuerService | None = None
+        self.pending: PendingCommits | None = None
 
     def app(self) -> web.Application:
         middlewares = [errors_middleware] + ([token_middleware(self.http_token)] if self.http_token else [])
@@ -150,6 +153,8 @@ class Api:
             r.add_get(prefix + "{key:.+}", self.get_key)  # and HEAD
             r.add_put(prefix + "{key:.+}", self.put_key)
         r.add_get("/v1/members", self.members)
+        r.add_get("/v1/pending", self.list_pending)
+        r.add_get("/v1/where/{key:.+}", self.where)
         r.add_get("/v1/mesh", self.mesh_info)
         r.add_post("/v1/mesh/token", self.mesh_token)
         r.add_post("/v1/mesh/remove", self.mesh_remove)
@@ -176,6 +181,30 @@ class Api:
     async def members(self, request: web.Request) -> web.Response:
         gossip = self._mesh()
         return web.json_response({"self": gossip.id, "members": [member_json(m) for m in gossip.members()]})
+
+    async def list_pending(self, request: web.Request) -> web.Response:
+        if self.pending is None:
+            raise Unavailable("the mesh layer is starting")
+        return web.json_response({"pending": self.pending.list()})
+
+    async def where(self, request: web.Request) -> web.Response:
+        if self.issuer is None:
+            raise Unavailable("the mesh layer is starting")
+        key = request.match_info["key"]
+        info = self.issuer.where(key)
+        try:
+            latest = await self.repo.find(key)
+            info["latest_version"] = max(info.get("latest_version") or 0, latest.version)
+            info["holders_of_latest"] = self._holders(latest)
+        except EltonError:
+            pass
+        return web.json_response(info)
+
+    def _holders(self, manifest: Manifest) -> list[str]:
+        """Hosts known to hold every chunk of a version: this one, when it does (the mesh-wide
+        list comes from the holder index once fetch routing is wired)."""
+        have = self.repo.meta.has_chunks([c.hash for c in manifest.chunks])
+        return [self.repo.identity.node_id] if len(have) == len({c.hash for c in manifest.chunks}) else []
 
     async def mesh_info(self, request: web.Request) -> web.Response:
         return web.json_response(self._mesh().info())
@@ -213,8 +242,12 @@ class Api:
             if request.content.exception() is not None:
                 raise IncompleteUpload(f"{key}: {request.content.exception()}")
 
-        manifest = await self.repo.ingest(key, body(), expected_size=length, expected_parent=parent,
-                                          max_size=self.max_object_size)
+        token = queue_commits.set(request.query.get("queue") in ("1", "true", "yes"))
+        try:
+            manifest = await self.repo.ingest(key, body(), expected_size=length, expected_parent=parent,
+                                              max_size=self.max_object_size)
+        finally:
+            queue_commits.reset(token)
         log.info("put", extra={"key": key, "version": manifest.version, "size": manifest.size})
         return web.json_response(manifest_summary(manifest), status=201,
                                  headers={"Location": self._version_url(manifest)})

@@ -139,7 +139,7 @@ def test_keys_named_versions_are_reachable(shared_eltond):
 def test_compare_and_set_parent(shared_eltond):
     c = shared_eltond.client()
     assert c.put("cas/k", b"a", parent=0)["version"] == 1
-    with pytest.raises(Conflict, match="cas/k is at version 1, not 0"):
+    with pytest.raises(Conflict, match="key 'cas/k' is at version 1, not 0"):
         c.put("cas/k", b"b", parent=0)
     assert c.put("cas/k", b"b", parent=1)["version"] == 2
 
