@@ -159,6 +159,13 @@ class Client:
         """{"self": id, "members": [{id, cluster, role, address, http, state, incarnation, rtt_ms}]}"""
         return self._json("GET", "/v1/members")
 
+    def where(self, key: str) -> dict[str, Any]:
+        """The key's home, replicas, latest version and the holders of the latest version."""
+        return self._json("GET", f"/v1/where/{_k(key)}")
+
+    def pending(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/v1/pending")["pending"]
+
     def mesh_token(self, ttl: float = 24 * 3600.0) -> str:
         return self._json("POST", "/v1/mesh/token", {"ttl": ttl})["token"]
 
@@ -167,9 +174,13 @@ class Client:
 
     # -- keys -------------------------------------------------------------------------------------
     def put(self, key: str, source: BinaryIO | str | Path | bytes, *, parent: int | None = None,
-            progress: Progress | None = None) -> dict[str, Any]:
-        """Store ``source`` as the next version of ``key``; returns the version summary."""
-        query = f"?{urlencode({'parent': parent})}" if parent is not None else ""
+            progress: Progress | None = None, queue: bool = False) -> dict[str, Any]:
+        """Store ``source`` as the next version of ``key``; returns the version summary.
+
+        With ``queue``, a commit whose home is unreachable is kept as a pending commit on this host
+        and the result is ``{"error": "commit_queued", "pending": ID, "message": ...}``."""
+        params = {k: v for k, v in (("parent", parent), ("queue", 1 if queue else None)) if v is not None}
+        query = f"?{urlencode(params)}" if params else ""
         path = f"/v1/data/{_k(key)}{query}"
         if isinstance(source, bytes):
             if progress:
@@ -177,7 +188,7 @@ class Client:
             return self._json("PUT", path, body=source)
         if isinstance(source, (str, Path)):
             with open(source, "rb") as f:
-                return self.put(key, f, parent=parent, progress=progress)
+                return self.put(key, f, parent=parent, progress=progress, queue=queue)
         headers: dict[str, str] = {"Content-Type": "application/octet-stream"}
         try:
             size: int | None = os.fstat(source.fileno()).st_size

@@ -62,18 +62,24 @@ def cli(ctx: click.Context, host: str | None, http_token: str | None) -> None:
 @click.argument("key")
 @click.argument("source", type=click.Path(exists=True, allow_dash=True, dir_okay=False, path_type=str))
 @click.option("--parent", type=int, help="fail unless the latest version is this one (0: new key)")
+@click.option("--queue", is_flag=True, help="if the key's home is unreachable, keep it as a pending commit")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def put(client: Client, key: str, source: str, parent: int | None, as_json: bool) -> None:
+def put(client: Client, key: str, source: str, parent: int | None, queue: bool, as_json: bool) -> None:
     """Store FILE (or - for stdin) as the next version of KEY; prints KEY@N."""
     validate_key(key)
     if source == "-":
-        result = client.put(key, sys.stdin.buffer, parent=parent)
+        result = client.put(key, sys.stdin.buffer, parent=parent, queue=queue)
     else:
         size = os.path.getsize(source)
         with open(source, "rb") as f, progress_bar(size, f"put {key}", True) as bar:
-            result = client.put(key, f, parent=parent, progress=bar)
-    click.echo(json.dumps(result) if as_json else f"{result['key']}@{result['version']}")
+            result = client.put(key, f, parent=parent, progress=bar, queue=queue)
+    if as_json:
+        click.echo(json.dumps(result))
+    elif "pending" in result:
+        click.echo(f"{key} queued as {result['pending']} (elton pending lists it)")
+    else:
+        click.echo(f"{result['key']}@{result['version']}")
 
 
 @cli.command()
@@ -189,6 +195,38 @@ def members(client: Client, as_json: bool) -> None:
         me = " (self)" if m["id"] == view["self"] else ""
         click.echo(f"{m['id'][:12]:14} {m['cluster'][:12]:12} {m['role']:7} {m['address']:22} {m['state']:8} "
                    f"{m['incarnation']:>5} {rtt:>9}{me}")
+
+
+@cli.command()
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def where(client: Client, key: str, as_json: bool) -> None:
+    """Where KEY lives: its home master, its replicas, its latest version and who holds it."""
+    info = client.where(validate_key(key))
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    replicas = ", ".join(f"{r['node_id'][:12]} ({r['cluster']}{'' if r.get('live') else ', down'})"
+                         for r in info.get("replicas", []))
+    rows = [("key", info["key"]), ("home", info.get("home")), ("replicas", replicas),
+            ("latest version", info.get("latest_version") or info.get("latest_known")),
+            ("holders of latest", ", ".join(h[:12] for h in info.get("holders_of_latest", [])))]
+    for name, value in rows:
+        click.echo(f"{name + ':':19} {value if value not in (None, '', 0) else '-'}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def pending(client: Client, as_json: bool) -> None:
+    """Commits kept on this host until their key's home is reachable (put --queue)."""
+    items = client.pending()
+    if as_json:
+        click.echo(json.dumps(items))
+        return
+    for p in items:
+        click.echo(f"{p.get('id')}  {p.get('key')}  {p.get('state')}  {p.get('error', '')}")
 
 
 @cli.group()

@@ -122,3 +122,15 @@ def test_members_and_mesh_commands(shared_eltond):
     assert token.startswith("ELTON1-")
     r = elton(shared_eltond, "mesh", "remove", "deadbeefdeadbeef")
     assert r.returncode == 1 and r.stderr.strip().startswith("elton: Invalid request: 'deadbeefdeadbeef' names no member")
+
+
+def test_where_and_pending(shared_eltond):
+    elton(shared_eltond, "put", "where/k", "-", stdin=b"x")
+    me = shared_eltond.client().health()["node_id"]
+    info = json.loads(elton(shared_eltond, "where", "--json", "where/k").stdout)
+    assert info["home"] == me and info["latest_version"] == 1 and info["holders_of_latest"] == [me]
+    text = dict(line.split(":", 1) for line in elton(shared_eltond, "where", "where/k").stdout.splitlines())
+    assert text["home"].strip() == me and text["replicas"].strip() == f"{me[:12]} (default)"
+    assert json.loads(elton(shared_eltond, "pending", "--json").stdout) == []
+    r = elton(shared_eltond, "put", "--queue", "where/k", "-", stdin=b"y")
+    assert r.stdout == "where/k@2\n", "a reachable home issues at once, queue or not"
