@@ -71,6 +71,7 @@ class Operations(pyfuse3.Operations):
         self.handles: dict[int, Handle] = {}
         self.dir_listings: dict[int, list[tuple[bytes, int]]] = {}
         self._next_fh = 1
+        self.readdir_reply: Callable[[Any, bytes, pyfuse3.EntryAttributes, int], bool] = pyfuse3.readdir_reply
 
     # -- helpers ----------------------------------------------------------------------------------
     def unused(self, ino: int) -> bool:
@@ -327,7 +328,7 @@ class Operations(pyfuse3.Operations):
             node = self.state.get(ino)
             if node is None:
                 continue
-            if not pyfuse3.readdir_reply(token, name, self.attr(node), i + 1):
+            if not self.readdir_reply(token, name, self.attr(node), i + 1):
                 break
             self.lookups[ino] += 1
 

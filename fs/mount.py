@@ -21,6 +21,7 @@ import pyfuse3
 import trio
 
 from fs.fuse_ops import Operations
+from fs.fuse_session import Session
 from fs.state import State
 from fs.store import Store
 from fs.volume import MergeConflict, Volume, tree_root
@@ -81,8 +82,13 @@ class Mount:
         self.volume = Volume(self.state, self.store, self.client, self.ops.unused, self._invalidate)
         self.options = {"fsname=eltonfs", "subtype=eltonfs", "default_permissions", "allow_other", *options}
 
+        self.session: Session | None = None
+
     def _invalidate(self, parent: int, name: bytes) -> None:
-        pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+        if self.session is not None:
+            self.session.invalidate_entry(parent, name)
+        else:
+            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
 
     # -- control ----------------------------------------------------------------------------------
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -135,32 +141,49 @@ class Mount:
         task_status.started()
         await trio.serve_listeners(self._serve_client, [listener])
 
-    async def _signals(self) -> None:
+    async def _signals(self, stop: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
-                pyfuse3.terminate()
+                if self.session is not None:
+                    stop.cancel()
+                else:
+                    pyfuse3.terminate()
 
     async def _main(self, ready: Path | None) -> None:
         async with trio.open_nursery() as nursery:
             ctl = self.control
             await nursery.start(self._serve_control, ctl)
-            nursery.start_soon(self._signals)
+            nursery.start_soon(self._signals, nursery.cancel_scope)
             if ready is not None:
                 ready.write_text(str(os.getpid()))
             try:
-                await pyfuse3.main()
+                await (self.session.serve() if self.session is not None else pyfuse3.main())
             finally:
                 ctl.unlink(missing_ok=True)
                 nursery.cancel_scope.cancel()
 
     def run(self, ready: Path | None = None) -> None:
         """Mount, serve until unmounted (``eltonfs umount`` or a signal), then clean up."""
+        if use_own_session():
+            self.session = Session(self.ops, self.mountpoint)
+            self.session.mount()
+            try:
+                trio.run(self._main, ready)
+            finally:
+                self.session.close()
+                self.state.db.close()
+            return
         pyfuse3.init(self.ops, str(self.mountpoint), self.options)
         try:
             trio.run(self._main, ready)
         finally:
             pyfuse3.close(unmount=True)
             self.state.db.close()
+
+
+def use_own_session() -> bool:
+    """Serve /dev/fuse ourselves (FUSE passthrough) as root, unless ELTONFS_ENGINE=pyfuse3 says otherwise."""
+    return os.geteuid() == 0 and os.environ.get("ELTONFS_ENGINE", "passthrough") != "pyfuse3"
 
 
 def request(mountpoint: str | Path, req: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
