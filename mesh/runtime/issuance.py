@@ -203,9 +203,9 @@ class IssuerService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._barrier is not None:
+        if self._barrier is not None:  # let the last writes land (bounded: a stuck disk must not hang a stop)
             with contextlib.suppress(BaseException):
-                await self._barrier
+                await asyncio.wait_for(asyncio.shield(self._barrier), 5.0)
         self._fail_waiters(Unavailable("this master is shutting down"))
 
     # -- membership -----------------------------------------------------------------------------
