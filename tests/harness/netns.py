@@ -448,6 +448,33 @@ class Harness:
             return self._children[h.pid].poll()
         return "?" if _proc_start(h.pid) != h.pid_start else None
 
+    # ---- partitions -----------------------------------------------------------------------------
+    def cut_wan(self, cluster: int) -> None:
+        """Cut cluster K off the WAN (its link to the router goes down on both ends)."""
+        link = self._link(cluster)
+        _run(["ip", "-n", link.gw_netns, "link", "set", link.gw_dev, "down"])
+        _run(["ip", "-n", link.router_netns, "link", "set", link.router_dev, "down"])
+
+    def restore_wan(self, cluster: int) -> None:
+        """Bring cluster K's WAN link back (addresses and routes come back with the link)."""
+        link = self._link(cluster)
+        _run(["ip", "-n", link.gw_netns, "link", "set", link.gw_dev, "up"])
+        _run(["ip", "-n", link.router_netns, "link", "set", link.router_dev, "up"])
+        self._restore_routes(link)
+
+    @staticmethod
+    def _restore_routes(link: WanLink) -> None:
+        """A link going down takes its routes along; put them back (replace: idempotent)."""
+        _run(["ip", "-n", link.gw_netns, "route", "replace", f"{HOST_NET}.0.0/16", "via", link.router_ip])
+        _run(["ip", "-n", link.router_netns, "route", "replace", f"{HOST_NET}.{link.cluster}.0/24", "via",
+              link.gw_ip])
+
+    def _link(self, cluster: int) -> WanLink:
+        for link in self.links:
+            if link.cluster == cluster:
+                return link
+        raise HarnessError(f"no WAN link for cluster {cluster}")
+
     # ---- one host's daemon -----------------------------------------------------------------------
     def kill_daemon(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal a host's daemon (SIGKILL: a crash) and wait until it is gone."""

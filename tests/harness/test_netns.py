@@ -289,3 +289,15 @@ def test_down_after_up_was_killed_stops_its_daemons(mesh_dir: Path) -> None:
     assert _ours(f"elt{state['id']}-") == []
     time.sleep(0.2)  # the orphans are reaped by init
     assert not any(_alive(p) for p in pids)
+
+
+@pytest.mark.root
+@needs_root
+def test_cut_and_restore_a_wan_link(mesh_dir: Path) -> None:
+    with Harness(mesh_dir, clusters=2, hosts=1, daemons=False) as h:
+        ping = ["ping", "-c", "1", "-W", "1", h.address("c2h1")]
+        assert h.exec("c1h1", ping).returncode == 0
+        h.cut_wan(2)
+        assert h.exec("c1h1", ping).returncode != 0
+        h.restore_wan(2)
+        assert h.exec("c1h1", ping).returncode == 0
