@@ -99,8 +99,6 @@ def test_histories_match_every_acknowledgement_through_crashes_and_a_partition(t
         finally:
             stop.set()
             await asyncio.gather(*tasks)
-        print(f"acks {len(ledger.acks)} errors {len(ledger.errors)} before cut {acked_before_cut}",
-              {h.index: h.service.counters for h in hosts})
         try:
             assert len(ledger.acks) > 200 and len(ledger.acks) > acked_before_cut
             check_ledger(ledger)
