@@ -46,6 +46,7 @@ except ImportError:  # pragma: no cover - depends on the state of the tree
     HAVE_ISSUER = False
 
 FETCH_WINDOW = 4  # chunks a reader fetches at once
+MAX_CANDIDATES = 8  # holders per cluster the cost model ranks for one chunk
 
 
 def price_table(ctx: Context) -> PriceTable:
@@ -65,6 +66,7 @@ class EltonSystem(System):
         cfg = ctx.scenario.elton
         self.replicas = int(cfg.get("replicas", 3))
         self.replica_scope = str(cfg.get("replica_scope", "mesh"))
+        self.vnodes = int(cfg.get("vnodes", 128))  # ring points per master, for placement and issuance
         self.masters: dict[str, str] = {}  # node id -> host name
         self.node_of: dict[str, str] = {}  # host name -> node id
         self.identities: dict[str, Identity] = {}
@@ -76,12 +78,12 @@ class EltonSystem(System):
                 self.masters[ident.node_id] = h.name
                 self.node_of[h.name] = ident.node_id
         self.roster = [Master(nid, ctx.net.hosts[hn].cluster) for nid, hn in sorted(self.masters.items())]
-        self.placement = Placement(self.roster)
+        self.placement = Placement(self.roster, self.vnodes)
         self.sim_hosts: dict[str, SimHost] = {}
         self.records: dict[str, list[Any]] = {h: [] for h in self.node_of}
         self.pending: dict[str, Callable[[Any], None]] = {}  # request id -> done callback
         self.directory: dict[str, Manifest] = {}  # key -> newest acknowledged manifest
-        self.holders: dict[str, set[str]] = {}  # chunk hash -> hosts
+        self.holders: dict[str, dict[str, dict[str, None]]] = {}  # chunk -> cluster -> hosts (in arrival order)
         self.in_flight: dict[tuple[str, str], list[Callable[[str | None], None]]] = {}  # (chunk, cluster)
         self._requests = 0
         self.cost_models: dict[str, CostModel] = {}  # per reading cluster (its nodes share estimates)
@@ -90,7 +92,7 @@ class EltonSystem(System):
     # ---- masters and their cores ---------------------------------------------------------
 
     def _issuer(self, host: str) -> Any:
-        config = IssuerConfig(replicas=self.replicas, replica_scope=self.replica_scope)
+        config = IssuerConfig(replicas=self.replicas, replica_scope=self.replica_scope, vnodes=self.vnodes)
         rng = self.ctx.engine.rng(f"issuer:{host}")
         iss = Issuer(self.identities[host], config, rng, records=list(self.records[host]))
         iss.set_roster(1, self.roster, self.ctx.engine.now)
@@ -143,7 +145,7 @@ class EltonSystem(System):
             done(False, 0)
             return
         for c in op.chunks:  # the writer keeps its chunks: nothing leaves the host at write time
-            self.holders.setdefault(c.hash, set()).add(op.host)
+            self._add_holder(c.hash, op.host)
         draft = Draft(op.key, op.size, content_hash(op.chunks), op.chunks, author=op.host)
         self._requests += 1
         request_id = f"r{self._requests}"
@@ -233,9 +235,19 @@ class EltonSystem(System):
         for _ in range(min(FETCH_WINDOW, len(todo))):
             start_next()
 
-    def _live_holders(self, chunk: str) -> list[str]:
+    def _add_holder(self, chunk: str, host: str) -> None:
+        self.holders.setdefault(chunk, {}).setdefault(self.ctx.net.hosts[host].cluster, {})[host] = None
+
+    def _candidates(self, chunk: str, cluster: str) -> list[str]:
+        """The most recent live holders of ``chunk`` in ``cluster`` (bounded, as the planner's list is)."""
         hosts = self.ctx.net.hosts
-        return sorted(h for h in self.holders.get(chunk, ()) if hosts[h].up)
+        out: list[str] = []
+        for h in reversed(self.holders.get(chunk, {}).get(cluster, {})):
+            if hosts[h].up:
+                out.append(h)
+                if len(out) == MAX_CANDIDATES:
+                    break
+        return out
 
     def _model(self, cluster: str) -> CostModel:
         m = self.cost_models.get(cluster)
@@ -257,11 +269,10 @@ class EltonSystem(System):
     def _fetch(self, reader: str, c: ChunkRef, done: Callable[[bool], None], attempts: int) -> None:
         ctx = self.ctx
         cluster = ctx.net.hosts[reader].cluster
-        holders = self._live_holders(c.hash)
-        if reader in holders:
+        if reader in self.holders.get(c.hash, {}).get(cluster, {}):
             done(True)
             return
-        local = [h for h in holders if ctx.net.hosts[h].cluster == cluster]
+        local = self._candidates(c.hash, cluster)
         if local:
             src = min(local, key=lambda h: (self._cost(h, reader, c.size), h))
             self._transfer(src, reader, c, lambda ok: self._after(reader, c, ok, done, attempts))
@@ -271,6 +282,8 @@ class EltonSystem(System):
             ctx.count("coalesced_fetches")
             waiters.append(lambda _holder: self._fetch(reader, c, done, attempts))
             return
+        holders = [h for other in sorted(self.holders.get(c.hash, {})) if other != cluster
+                   for h in self._candidates(c.hash, other)]
         if not holders:
             done(False)
             return
@@ -289,7 +302,7 @@ class EltonSystem(System):
 
     def _after(self, reader: str, c: ChunkRef, ok: bool, done: Callable[[bool], None], attempts: int) -> None:
         if ok:
-            self.holders.setdefault(c.hash, set()).add(reader)
+            self._add_holder(c.hash, reader)
             done(True)
         elif attempts > 1 and self.ctx.net.hosts[reader].up:
             self.ctx.count("fetch_retries")
