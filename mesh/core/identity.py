@@ -6,6 +6,7 @@ Ids are 160 bits (the size of Kademlia ids) so placement can use the XOR metric 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import blake3
 import nacl.exceptions
@@ -45,15 +46,15 @@ class Identity:
         if len(self.seed) != 32:
             raise ValueError("an ed25519 seed is 32 bytes")
 
-    @property
-    def _signing_key(self) -> nacl.signing.SigningKey:
+    @cached_property
+    def _signing_key(self) -> nacl.signing.SigningKey:  # deriving it costs more than a signature
         return nacl.signing.SigningKey(self.seed)
 
-    @property
+    @cached_property
     def public_key(self) -> bytes:
         return bytes(self._signing_key.verify_key)
 
-    @property
+    @cached_property
     def node_id(self) -> str:
         return node_id_of(self.public_key)
 
