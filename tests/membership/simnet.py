@@ -35,6 +35,7 @@ class SimNet:
     down: set[Addr] = field(default_factory=set)
     slow: dict[Addr, float] = field(default_factory=dict)  # extra delay of everything a host receives
     sent: list[tuple[Addr, Addr, Datagram]] = field(default_factory=list)
+    side: dict[Addr, int] = field(default_factory=dict)  # during a partition: which side a host is on
     _heap: list = field(default_factory=list)
     _seq: int = 0
 
@@ -67,9 +68,19 @@ class SimNet:
     def kill(self, n: int) -> None:
         self.down.add(self.addr(n))
 
+    def partition(self, *groups: list[int]) -> None:
+        """Cut the network between the groups (hosts inside a group still reach each other)."""
+        self.side = {self.addr(n): i for i, group in enumerate(groups) for n in group}
+
+    def heal(self) -> None:
+        self.side = {}
+
+    def cut(self, src: Addr, dst: Addr) -> bool:
+        return src in self.side and dst in self.side and self.side[src] != self.side[dst]
+
     def push_pull(self, src: Addr, dst: Addr) -> None:
         a, b = self.nodes[src], self.nodes[dst]
-        if dst in self.down:
+        if dst in self.down or self.cut(src, dst):
             return
         b.merge_state(a.id, a.local_state(), self.now)
         a.merge_state(b.id, b.local_state(), self.now)
@@ -104,7 +115,7 @@ class SimNet:
             self.now = max(self.now, t)
             if t_msg is not None and t_msg <= t:
                 _, _, src, dst, wire = heapq.heappop(self._heap)
-                if dst in self.nodes and dst not in self.down and src not in self.down:
+                if dst in self.nodes and dst not in self.down and src not in self.down and not self.cut(src, dst):
                     self.nodes[dst].receive(self.nodes[src].id, src, Datagram.from_wire(unpack(wire, 65536)), self.now)
                     self._flush(dst)
                 continue

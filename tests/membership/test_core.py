@@ -103,15 +103,42 @@ def test_restart_with_higher_incarnation_comes_back_alive():
     assert {c.member(ident(2).node_id).incarnation for c in net.nodes.values()} == {old + 1}
 
 
-def test_dead_members_are_reaped_after_the_reclaim_time():
-    net = mesh_of(3, Config.local().with_(dead_reclaim=5.0))
+def test_dead_members_are_reaped_after_the_reconnect_timeout():
+    net = mesh_of(3, Config.local().with_(dead_reclaim=5.0, reconnect_timeout=20.0))
     net.run(2)
     net.kill(2)
     net.run_until(lambda: net.states_of(2) == {"dead"}, limit=3)
     net.run(6)
+    assert net.states_of(2) == {"dead"}, "a dead member is kept (and retried) past dead_reclaim"
+    net.run(16)
     assert net.states_of(2) == {"unknown"}
     events = net.nodes[net.addr(0)].drain_events()
     assert [e.kind for e in events if e.member.id == ident(2).node_id][-2:] == ["dead", "removed"]
+
+
+def test_left_members_are_reaped_after_the_reclaim_time():
+    net = mesh_of(3, Config.local().with_(dead_reclaim=5.0))
+    net.run(2)
+    net.nodes[net.addr(2)].leave(net.now)
+    net._flush(net.addr(2))
+    net.run(0.05)  # the goodbye goes out before the process exits
+    net.kill(2)
+    net.run_until(lambda: net.states_of(2) == {"left"}, limit=3)
+    net.run(6)
+    assert net.states_of(2) == {"unknown"}
+
+
+def test_a_healed_partition_merges_back_by_itself():
+    net = mesh_of(4, Config.local())
+    net.run(2)
+    net.partition([0, 1], [2, 3])
+    net.run_until(lambda: net.view(0).get(ident(2).node_id) == "dead"
+                  and net.view(2).get(ident(0).node_id) == "dead", limit=10)
+    net.run(5)  # long enough that nothing but the reconnects could bring them back
+    net.heal()
+    everyone = {ident(n).node_id for n in range(4)}
+    net.run_until(lambda: all(set(net.view(n)) == everyone and set(net.view(n).values()) == {"alive"}
+                              for n in range(4)), limit=10)
 
 
 def test_revocation_removes_the_member_everywhere_and_its_updates_are_ignored():

@@ -28,7 +28,9 @@ class Config:
     retransmit_mult: int = 4  # an update is sent retransmit_mult * ceil(log10(n + 1)) times
     awareness_max_multiplier: int = 4  # Lifeguard local health: timeouts stretch up to this factor
     gossip_to_the_dead: float = 10.0  # keep gossiping to a dead member so it can refute
-    dead_reclaim: float = 60.0  # forget a dead or left member after this long
+    dead_reclaim: float = 60.0  # forget a member that left after this long
+    reconnect_interval: float = 5.0  # push-pull with one dead member this often, so a healed partition merges
+    reconnect_timeout: float = 3 * 3600.0  # keep a dead (not left) member this long for reconnects
     max_datagram: int = 1400
     envelope_overhead: int = 200  # room left for the signed envelope around a datagram body
     max_members: int = 4096
@@ -38,7 +40,7 @@ class Config:
 
     def __post_init__(self) -> None:
         for name in ("probe_interval", "probe_timeout", "cross_probe_interval", "cross_probe_timeout",
-                     "gossip_interval", "cross_gossip_interval", "push_pull_interval"):
+                     "gossip_interval", "cross_gossip_interval", "push_pull_interval", "reconnect_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.probe_timeout * 2 > self.probe_interval or self.cross_probe_timeout * 2 > self.cross_probe_interval:
@@ -57,14 +59,14 @@ class Config:
         return cls(probe_interval=3.0, probe_timeout=1.5, cross_probe_interval=6.0, cross_probe_timeout=3.0,
                    gossip_interval=0.5, gossip_nodes=4, cross_gossip_interval=1.0, cross_gossip_nodes=3,
                    push_pull_interval=60.0, suspicion_mult=4.0, suspicion_max_timeout_mult=4.0,
-                   awareness_max_multiplier=8)
+                   awareness_max_multiplier=8, reconnect_interval=15.0)
 
     @classmethod
     def local(cls) -> Config:
         """Loopback and tests: short periods so a test sees a death in about a second."""
         return cls(probe_interval=0.1, probe_timeout=0.04, cross_probe_interval=0.2, cross_probe_timeout=0.08,
                    gossip_interval=0.05, cross_gossip_interval=0.1, push_pull_interval=2.0,
-                   suspicion_mult=3.0, gossip_to_the_dead=2.0, dead_reclaim=30.0)
+                   suspicion_mult=3.0, gossip_to_the_dead=2.0, dead_reclaim=30.0, reconnect_interval=0.5)
 
     def with_(self, **changes: object) -> Config:
         return replace(self, **changes)  # type: ignore[arg-type]

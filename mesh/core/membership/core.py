@@ -136,6 +136,7 @@ class Membership:
                             CROSS: now + rng.uniform(0, config.cross_probe_interval)}
         self._next_gossip = {LOCAL: now + config.gossip_interval, CROSS: now + config.cross_gossip_interval}
         self._next_push_pull = now + rng.uniform(0.5, 1.0) * config.push_pull_interval
+        self._next_reconnect = now + config.reconnect_interval
         own = admission.certificate(node_id)
         if own is not None:
             self.queue.push(("c", node_id), CertUpdate(own))
@@ -195,19 +196,33 @@ class Membership:
             if peers:
                 peer = self.rng.choice(peers)
                 self._out.append(StartPushPull(peer.gossip, peer.id))
+        if now >= self._next_reconnect:
+            # Nobody probes a dead member: without this, the two sides of a healed partition would
+            # each keep the other dead. The exchange tells the far side it was declared dead (it
+            # refutes with a higher incarnation) and brings its view here.
+            self._next_reconnect = now + self.config.reconnect_interval
+            dead = [m for m in self._members.values() if m.id != self.id and m.state == MemberState.DEAD]
+            if dead:
+                peer = self.rng.choice(dead)
+                self._out.append(StartPushPull(peer.gossip, peer.id))
         for node, m in list(self._members.items()):
-            if not m.reachable and node != self.id and now >= m.since + self.config.dead_reclaim:
+            if not m.reachable and node != self.id and now >= m.since + self._keep_for(m):
                 del self._members[node]
                 self._emit("removed", m)
+
+    def _keep_for(self, m: Member) -> float:
+        """How long an unreachable member is kept: a dead one long enough to reconnect after a partition."""
+        return self.config.reconnect_timeout if m.state == MemberState.DEAD else self.config.dead_reclaim
 
     def next_deadline(self) -> float | None:
         if self.leaving:
             return None
-        times = [*self._next_probe.values(), *self._next_gossip.values(), self._next_push_pull]
+        times = [*self._next_probe.values(), *self._next_gossip.values(), self._next_push_pull,
+                 self._next_reconnect]
         times += [p.deadline for p in self._probes.values() if p is not None]
         times += [r.deadline for r in self._relays.values()]
         times += [s.deadline for s in self._suspicions.values()]
-        times += [m.since + self.config.dead_reclaim for m in self._members.values() if not m.reachable]
+        times += [m.since + self._keep_for(m) for m in self._members.values() if not m.reachable]
         return min(times)
 
     def drain(self) -> list[Outgoing]:
@@ -231,7 +246,7 @@ class Membership:
                 updates.append(Alive(r.node, r.incarnation, r.gossip, r.http))
             elif r.state == MemberState.LEFT.value:
                 updates.append(Dead(r.node, r.incarnation, r.node))
-            elif r.node != self.id or r.state == MemberState.SUSPECT.value:
+            else:  # suspect or dead: about another member, we only suspect; about us, we refute
                 updates.append(Suspect(r.node, r.incarnation, sender))
         self._apply_updates(updates, now)
 
