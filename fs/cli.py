@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from fs.docker_plugin import docker_plugin
 from fs.mount import Mount, control_path, default_cache_dir, request
 from fs.store import Store
 from fs.volume import init_volume
@@ -196,6 +197,9 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+cli.add_command(docker_plugin)
 
 
 def main(argv: list[str] | None = None) -> int:
