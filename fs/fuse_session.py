@@ -143,11 +143,12 @@ class Session:
     # -- the loop ---------------------------------------------------------------------------------
     async def serve(self) -> None:
         """Answer requests until the file system is unmounted."""
+        buf = bytearray(BUFSIZE)  # reused: requests served inline are done before the next read
         async with trio.open_nursery() as nursery:
             while True:
                 await trio.lowlevel.wait_readable(self.fd)
                 try:
-                    buf = os.read(self.fd, BUFSIZE)
+                    n = os.readv(self.fd, [buf])
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:
@@ -158,7 +159,7 @@ class Session:
                     raise
                 h = w.parse_header(buf)
                 if h.opcode in (w.OPEN, w.CREATE):  # may wait for the daemon (a lower file's fetch)
-                    nursery.start_soon(self._dispatch, h, buf)
+                    nursery.start_soon(self._dispatch, h, bytes(buf[:n]))
                 elif h.opcode == w.DESTROY:
                     self._send(w.reply(h.unique))
                     break
@@ -173,7 +174,7 @@ class Session:
             if exc.errno != errno.ENOENT:  # ENOENT: the request was interrupted meanwhile
                 raise
 
-    async def _dispatch(self, h: w.Header, buf: bytes) -> None:
+    async def _dispatch(self, h: w.Header, buf: bytes | bytearray) -> None:
         body = memoryview(buf)[w.IN_HEADER.size:h.length - h.extlen]
         handler = HANDLERS.get(h.opcode)
         if h.opcode in (w.FORGET, w.BATCH_FORGET):
@@ -198,7 +199,10 @@ class Session:
         major, minor, readahead, offered = w.init_flags(body)
         if major != 7:
             raise pyfuse3.FUSEError(errno.EPROTO)
-        want = w.ASYNC_READ | w.ATOMIC_O_TRUNC | w.BIG_WRITES | w.DO_READDIRPLUS | w.MAX_PAGES | w.INIT_EXT
+        # HANDLE_KILLPRIV_V2: the kernel then marks inodes without privileges S_NOSEC instead of asking for
+        # security.capability before every write; we clear setuid/setgid when it says so.
+        want = (w.ASYNC_READ | w.ATOMIC_O_TRUNC | w.BIG_WRITES | w.DO_READDIRPLUS | w.MAX_PAGES | w.INIT_EXT
+                | w.HANDLE_KILLPRIV_V2)
         if os.environ.get("ELTONFS_PASSTHROUGH", "1") != "0":
             want |= w.PASSTHROUGH
         flags = want & offered
@@ -233,8 +237,17 @@ class Session:
         f = Fields(bool(valid & w.FATTR_SIZE), bool(valid & w.FATTR_MODE), bool(valid & w.FATTR_UID),
                    bool(valid & w.FATTR_GID), bool(valid & (w.FATTR_ATIME | w.FATTR_ATIME_NOW)),
                    bool(valid & (w.FATTR_MTIME | w.FATTR_MTIME_NOW)))
+        if valid & w.FATTR_KILL_SUIDGID and not f.update_mode:
+            await self._kill_suidgid(h)
         out = await self.ops.setattr(h.nodeid, a, f, None, self.ctx(h))  # type: ignore[arg-type]
         return w.reply(h.unique, w.pack_attr_out(out))
+
+    async def _kill_suidgid(self, h: w.Header) -> None:
+        node = self.ops.state.need(h.nodeid)
+        if node.mode & (stat.S_ISUID | stat.S_ISGID):
+            a = pyfuse3.EntryAttributes()
+            a.st_mode = node.mode & ~(stat.S_ISUID | stat.S_ISGID)
+            await self.ops.setattr(h.nodeid, a, Fields(update_mode=True), None, self.ctx(h))  # type: ignore[arg-type]
 
     async def readlink(self, h: w.Header, body: memoryview) -> list[bytes]:
         return w.reply(h.unique, await self.ops.readlink(h.nodeid, self.ctx(h)))
@@ -311,7 +324,9 @@ class Session:
                 fcntl.ioctl(self.fd, w.DEV_IOC_BACKING_CLOSE, bytearray(mode.backing_id.to_bytes(4, "little")))
 
     async def open(self, h: w.Header, body: memoryview) -> list[bytes]:
-        flags, _ = w.OPEN_IN.unpack_from(body)
+        flags, open_flags = w.OPEN_IN.unpack_from(body)
+        if open_flags & w.OPEN_KILL_SUIDGID:
+            await self._kill_suidgid(h)
         fi = await self.ops.open(h.nodeid, flags, self.ctx(h))
         return w.reply(h.unique, self._open_reply(fi))
 
@@ -326,7 +341,9 @@ class Session:
         return w.reply(h.unique, await self.ops.read(fh, off, size))
 
     async def write(self, h: w.Header, body: memoryview) -> list[bytes]:
-        fh, off, size, *_ = w.WRITE_IN.unpack_from(body)
+        fh, off, size, flags, *_ = w.WRITE_IN.unpack_from(body)
+        if flags & w.WRITE_KILL_SUIDGID:
+            await self._kill_suidgid(h)
         n = await self.ops.write(fh, off, body[w.WRITE_IN.size:w.WRITE_IN.size + size])  # type: ignore[arg-type]
         return w.reply(h.unique, w.WRITE_OUT.pack(n, 0))
 
