@@ -43,8 +43,10 @@ def _safe(part: str) -> str:
 class Plugin:
     """The protocol's verbs over the registry and the mounter; every failure is a PluginError."""
 
-    def __init__(self, state_dir: Path, host: str | None, mount_root: Path | None = None) -> None:
+    def __init__(self, state_dir: Path, host: str | None, mount_root: Path | None = None,
+                 socket_path: Path = Path(DEFAULT_SOCKET)) -> None:
         self.state_dir = state_dir
+        self.socket_path = socket_path
         self.mount_root = mount_root or state_dir / "volumes"
         self.cache_dir = state_dir / "cache"
         self.registry = Registry(state_dir / "plugin.db")
@@ -54,7 +56,8 @@ class Plugin:
             "Plugin.Activate": self.activate, "VolumeDriver.Capabilities": self.capabilities,
             "VolumeDriver.Create": self.create, "VolumeDriver.Remove": self.remove,
             "VolumeDriver.Mount": self.mount, "VolumeDriver.Unmount": self.unmount,
-            "VolumeDriver.Path": self.path, "VolumeDriver.Get": self.get, "VolumeDriver.List": self.list}
+            "VolumeDriver.Path": self.path, "VolumeDriver.Get": self.get, "VolumeDriver.List": self.list,
+            "Elton.Commit": self.commit}
         self.reconcile()
 
     def reconcile(self) -> None:
@@ -168,6 +171,34 @@ class Plugin:
     async def list(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"Volumes": [{"Name": n, "Mountpoint": self.mountpoint_of(n)} for n in self.registry.names()]}
 
+    async def commit(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Not Docker's: publish a container's changes, live or kept after exit (Docker has no such verb)."""
+        name, mount_id = _name(req), req.get("ID")
+        message = str(req.get("Message") or f"docker volume {name}")
+        async with self.locks[name]:
+            spec = self.registry.need(name)
+            mounts = [m for m in self.registry.mounts(name) if mount_id in (None, "", m.id)]
+            if len(mounts) != 1:
+                ids = ", ".join(m.id for m in self.registry.mounts(name)) or "none"
+                raise PluginError(f"give the ID of one mount of {name!r} to commit (mounts: {ids})")
+            m = mounts[0]
+            mountpoint = Path(m.mountpoint)
+            kept = not is_mount(mountpoint)
+            if kept:  # the container exited: mount its kept state for the commit only
+                await self.mounter.mount(spec.volume, mountpoint)
+            try:
+                result = (await self.mounter.eltonfs("commit", str(mountpoint), "-m", message)).strip()
+            finally:
+                if kept:
+                    await self.mounter.umount(mountpoint)
+            if kept:
+                if m.state_dir:
+                    shutil.rmtree(m.state_dir, ignore_errors=True)
+                self.registry.drop_mount(name, m.id)
+                _rmdir(mountpoint)
+        log.info("%s: commit of mount %s: %s", name, m.id, result)
+        return {"Result": result}
+
     # -- reporting --------------------------------------------------------------------------------
     def mountpoint_of(self, name: str) -> str:
         """The latest active container mount ("" when no container uses the volume)."""
@@ -175,8 +206,8 @@ class Plugin:
         return active[-1].mountpoint if active else ""
 
     def recover_hint(self, spec: VolumeSpec, m: MountRecord) -> str:
-        return (f"eltonfs mount {spec.volume} {m.mountpoint} --cache-dir {self.cache_dir} && "
-                f"eltonfs commit {m.mountpoint} && eltonfs umount {m.mountpoint}")
+        body = json.dumps({"Name": spec.name, "ID": m.id})
+        return f"curl --unix-socket {self.socket_path} -X POST http://elton/Elton.Commit -d '{body}'"
 
     def status_of(self, spec: VolumeSpec) -> dict[str, Any]:
         """What ``docker volume inspect`` shows: the Elton volume, container mounts, kept changes."""
@@ -297,7 +328,8 @@ def docker_plugin(socket_path: Path, host: str | None, state_dir: Path, mount_ro
     """Serve Docker's volume plugin protocol: each container gets its own upper layer over a shared cache."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state_dir = state_dir.resolve()
-    plugin = Plugin(state_dir, host or os.environ.get("ELTON_HOST"), mount_root.resolve() if mount_root else None)
+    plugin = Plugin(state_dir, host or os.environ.get("ELTON_HOST"), mount_root.resolve() if mount_root else None,
+                    socket_path)
     asyncio.run(serve(plugin, socket_path))
 
 

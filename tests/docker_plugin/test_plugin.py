@@ -48,17 +48,28 @@ def test_docker_run_then_exit_keeps_uncommitted_changes(plugin: PluginProcess, v
     assert kept["id"] == CID1 and kept["changes"] == 1
     assert Path(kept["state_dir"]).is_dir()
     assert kept["state_dir"] in plugin.log() and "uncommitted" in plugin.log()
-    assert f"eltonfs commit {mnt}" in kept["publish"]
+    assert "Elton.Commit" in kept["publish"] and CID1 in kept["publish"]
 
-    # the same container starts again: its upper layer is back
+    # the same container starts again: its upper layer is back; it writes more and exits
     again = Path(plugin.ok("VolumeDriver.Mount", {"Name": volume, "ID": CID1})["Mountpoint"])
     assert again == mnt and (mnt / "out.log").read_text() == "written by the container"
-    assert "committed version 3" in plugin.eltonfs("commit", str(mnt))
+    (mnt / "second.log").write_text("second run")
     plugin.ok("VolumeDriver.Unmount", {"Name": volume, "ID": CID1})
-    # nothing left uncommitted: the mount's state is gone, the volume removes cleanly
+    assert plugin.ok("VolumeDriver.Get", {"Name": volume})["Volume"]["Status"]["uncommitted"][0]["changes"] == 2
+
+    # publishing the kept changes: then nothing is left uncommitted and the mount's state is gone
+    reply = plugin.ok("Elton.Commit", {"Name": volume, "ID": CID1, "Message": "container output"})
+    assert reply["Result"] == "committed version 3"
     assert plugin.ok("VolumeDriver.Get", {"Name": volume})["Volume"]["Status"]["uncommitted"] == []
     assert not Path(kept["state_dir"]).exists()
     plugin.ok("VolumeDriver.Remove", {"Name": volume})
+
+    # a new container on a new docker volume sees the committed files
+    plugin.ok("VolumeDriver.Create", {"Name": "after", "Opts": {"volume": volume}})
+    fresh = Path(plugin.ok("VolumeDriver.Mount", {"Name": "after", "ID": CID2})["Mountpoint"])
+    assert (fresh / "out.log").read_text() == "written by the container"
+    assert (fresh / "second.log").read_text() == "second run"
+    plugin.ok("VolumeDriver.Unmount", {"Name": "after", "ID": CID2})
     assert "no such volume" in plugin.call("VolumeDriver.Get", {"Name": volume})["Err"]
 
 
@@ -127,6 +138,8 @@ def test_create_without_an_elton_volume_makes_an_empty_one(plugin: PluginProcess
     mnt = Path(plugin.ok("VolumeDriver.Mount", {"Name": name, "ID": CID1})["Mountpoint"])
     assert os.listdir(mnt) == []
     (mnt / "new").write_text("x")
-    assert "committed version 2" in plugin.eltonfs("commit", str(mnt))
+    assert "give the ID" in plugin.call("Elton.Commit", {"Name": name, "ID": CID2})["Err"]
+    assert plugin.ok("Elton.Commit", {"Name": name})["Result"] == "committed version 2"
+    assert os.path.ismount(mnt)  # a live container's changes are committed in place
     plugin.ok("VolumeDriver.Unmount", {"Name": name, "ID": CID1})
     assert plugin.ok("VolumeDriver.Get", {"Name": name})["Volume"]["Status"]["uncommitted"] == []
