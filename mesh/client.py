@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,6 +24,7 @@ from mesh.errors import CorruptChunk, DaemonUnreachable, InvalidRequest, from_js
 
 DEFAULT_URL = "http://127.0.0.1:7420"
 BLOCK = 1024 * 1024
+IDLE_REUSE_SECONDS = 2.0  # a kept-alive connection idle longer is not trusted with a non-idempotent request
 Progress = Callable[[int], None]
 
 
@@ -60,6 +62,9 @@ class Download:
         except (http.client.IncompleteRead, OSError) as exc:
             self._client._drop_connection()
             raise CorruptChunk(f"download broke off after {got} of {self.size} bytes ({exc})") from exc
+        # read1() never closes a response it emptied; a response left open makes the next request on
+        # this keep-alive connection fail after it was sent
+        self._resp.close()
         if got != self.size:
             self._client._drop_connection()
             raise CorruptChunk(f"download broke off after {got} of {self.size} bytes")
@@ -84,11 +89,15 @@ class Client:
         self._local = threading.local()
 
     # -- plumbing ---------------------------------------------------------------------------------
-    def _conn(self) -> http.client.HTTPConnection:
+    def _conn(self, fresh_if_idle: bool = False) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
+        if conn is not None and fresh_if_idle and time.monotonic() - self._local.used_at > IDLE_REUSE_SECONDS:
+            self._drop_connection()  # the server may be closing it: a request that must not be retried
+            conn = None              # goes out on a connection known to be open
         if conn is None:
             conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout, blocksize=BLOCK)
             self._local.conn = conn
+        self._local.used_at = time.monotonic()
         return conn
 
     def _drop_connection(self) -> None:
@@ -101,13 +110,19 @@ class Client:
         self._drop_connection()
 
     def open(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-             *, retry: bool = True) -> http.client.HTTPResponse:
-        """Send a request and return the response with its body unread (for streaming)."""
+             *, retry: bool | None = None) -> http.client.HTTPResponse:
+        """Send a request and return the response with its body unread (for streaming).
+
+        A request that fails on a kept-alive connection is sent again once only when it is
+        idempotent (reads, content-addressed chunks): the first one may have been carried out, and a
+        second commit would issue a second version."""
+        if retry is None:
+            retry = method in ("GET", "HEAD") or path.startswith("/v1/chunks/")
         headers = dict(headers or {})
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         for attempt in (0, 1):
-            conn = self._conn()
+            conn = self._conn(fresh_if_idle=not retry)
             try:
                 conn.request(method, path, body=body, headers=headers,
                              encode_chunked=headers.get("Transfer-Encoding") == "chunked")
@@ -135,12 +150,12 @@ class Client:
         return resp
 
     def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-             *, retry: bool = True) -> bytes:
+             *, retry: bool | None = None) -> bytes:
         """Send a request and return the whole response body."""
         return self.open(method, path, body, headers, retry=retry).read()
 
     def _json(self, method: str, path: str, payload: Any = None, *, body: Any = None,
-              headers: dict[str, str] | None = None, retry: bool = True) -> Any:
+              headers: dict[str, str] | None = None, retry: bool | None = None) -> Any:
         if payload is not None:
             body = json.dumps(payload).encode()
             headers = {"Content-Type": "application/json"}
@@ -201,7 +216,7 @@ class Client:
         else:
             headers["Transfer-Encoding"] = "chunked"
         body = _reader(source, progress)
-        return self._json("PUT", path, body=body, headers=headers, retry=False)
+        return self._json("PUT", path, body=body, headers=headers)
 
     def get(self, key: str, version: int | None = None, *, byte_range: tuple[int, int] | None = None) -> Download:
         """Stream a version (latest when ``version`` is None); iterate the result for bytes."""

@@ -199,3 +199,11 @@ def test_status_reports_store(shared_eltond):
     st = shared_eltond.client().status()
     assert st["role"] == "both" and st["cluster"] == "default" and st["store"]["keys"] >= 0
     assert st["http_url"] == shared_eltond.url
+
+
+def test_reads_then_commits_on_one_connection_never_commit_twice(shared_eltond):
+    c = shared_eltond.client()
+    for i in range(30):
+        assert c.put("keepalive/k", f"{i}".encode())["version"] == i + 1
+        assert c.read("keepalive/k") == f"{i}".encode()
+    assert [v["version"] for v in c.versions("keepalive/k")] == list(range(30, 0, -1))
