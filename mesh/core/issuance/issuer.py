@@ -467,7 +467,7 @@ class Issuer:
                 continue
             manifest = issue(job.draft, lead.last + 1, lead.last, now, self.identity).encode()
             assert lead.ballot is not None
-            lead.inflight = Entry(lead.last + 1, lead.ballot, manifest_hash(manifest), manifest)
+            lead.inflight = Entry(lead.last + 1, lead.ballot, manifest_hash(manifest), manifest, job.request_id)
             lead.job = job
             self._send_accepts(key, lead, now)
             return
@@ -539,8 +539,16 @@ class Issuer:
             return
         best = max(tops, key=lambda t: (t.version, t.ballot))
         lead.last = best.version - 1
-        lead.inflight = Entry(best.version, lead.ballot, best.manifest_hash, best.manifest)
+        lead.inflight = Entry(best.version, lead.ballot, best.manifest_hash, best.manifest, best.request_id)
+        # the commit behind the re-proposed slot may be queued here (our own abandoned ballot, or a
+        # retry forwarded to us): it is answered with this slot, not issued again as the next version
         lead.job = None
+        if best.request_id:
+            for job in list(lead.jobs):
+                if job.request_id == best.request_id:
+                    lead.jobs.remove(job)
+                    lead.job = job
+                    break
         self._send_accepts(msg.key, lead, now)
 
     def _on_accepted(self, sender: str, msg: Accepted, now: float) -> None:

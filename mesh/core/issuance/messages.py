@@ -83,20 +83,24 @@ class Entry:
     ballot: Ballot
     manifest_hash: str
     manifest: bytes = field(repr=False)
+    # the commit this slot answers: a home that re-proposes the slot under a new ballot answers that
+    # commit with it, instead of issuing the same draft again under the next version
+    request_id: str = ""
 
     def __post_init__(self) -> None:
         _nat(self.version, "entry version", 1)
+        _check(isinstance(self.request_id, str) and len(self.request_id) <= 256, "entry request id")
         _check(isinstance(self.manifest, bytes) and 0 < len(self.manifest) <= MAX_MANIFEST_BYTES,
                "manifest size")
         _check(self.manifest_hash == manifest_hash(self.manifest), "manifest hash mismatch")
 
     def to_wire(self) -> list[Any]:
-        return [self.version, self.ballot.to_wire(), self.manifest_hash, self.manifest]
+        return [self.version, self.ballot.to_wire(), self.manifest_hash, self.manifest, self.request_id]
 
     @classmethod
     def from_wire(cls, obj: Any) -> Entry:
-        _check(isinstance(obj, list) and len(obj) == 4, "entry")
-        return cls(obj[0], Ballot.from_wire(obj[1]), obj[2], obj[3])
+        _check(isinstance(obj, list) and len(obj) in (4, 5), "entry")
+        return cls(obj[0], Ballot.from_wire(obj[1]), obj[2], obj[3], obj[4] if len(obj) == 5 else "")
 
 
 def draft_to_wire(d: Draft) -> dict[str, Any]:
