@@ -134,6 +134,12 @@ async def make_mesh(root: Path, layout: list[tuple[str, str]], settings: Issuanc
     await wait_for(lambda: all(h.service is not None and h.service.roster is not None
                                and len(h.service.roster.masters) == masters
                                and len(h.service._live) == masters for h in hosts), 15, "roster convergence")
+    # every host admits every other (certificates spread by gossip after each join): a frame from a
+    # host whose certificate has not arrived yet is dropped as unadmitted
+    ids = [h.gossip.id for h in hosts]
+    await wait_for(lambda: all(h.gossip.admission is not None and all(h.gossip.admission.status(i) == "admitted"
+                                                                      for i in ids) for h in hosts),
+                   15, "admission convergence")
     return hosts
 
 
