@@ -54,3 +54,10 @@ def test_manifest_signature_covers_everything():
     forged = Manifest.from_wire({**m.to_wire(), "version": 4})
     with pytest.raises(ProtocolError):
         forged.verify()
+
+
+def test_manifest_wire_form_has_every_field():
+    from dataclasses import fields
+
+    m = issue(Draft(key="k", size=0, content_hash="0" * 64, chunks=(), author="a"), 1, 0, 1.0, ALICE)
+    assert set(m.to_wire()) == {f.name for f in fields(Manifest)}

@@ -5,7 +5,7 @@ A manifest is immutable and self-verifying, so any master or node may cache it f
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import blake3
@@ -43,6 +43,8 @@ class Draft:
 
 @dataclass(frozen=True)
 class Manifest:
+    """The signed description of one version; ``to_wire`` lists every field (a test checks it)."""
+
     key: str
     version: int
     parent: int  # 0 for the first version
@@ -74,9 +76,13 @@ class Manifest:
         return self
 
     def to_wire(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["chunks"] = [[c.hash, c.size] for c in self.chunks]
-        return d
+        # by hand, not dataclasses.asdict: that deep-copies every field and is on every commit's path
+        return {
+            "key": self.key, "version": self.version, "parent": self.parent, "size": self.size,
+            "content_hash": self.content_hash, "chunks": [[c.hash, c.size] for c in self.chunks],
+            "author": self.author, "issued_at": self.issued_at, "issuer_public_key": self.issuer_public_key,
+            "kind": self.kind, "meta": dict(self.meta), "signature": self.signature,
+        }
 
     def encode(self) -> bytes:
         return pack(self.to_wire())
