@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -80,6 +81,7 @@ def mount(spec: str, directory: str, host: str | None, cache_dir: Path | None, f
     if os.path.ismount(directory):
         _fail(f"{directory} is already a mount point")
     if foreground:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s eltonfs %(levelname)s %(message)s")
         ready = os.environ.get("ELTONFS_READY_FILE")
         m = _run(lambda: Mount(volume, version, Path(directory), host, cache))
         m.run(Path(ready) if ready else None)

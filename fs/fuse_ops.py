@@ -24,7 +24,7 @@ import pyfuse3
 import trio
 
 from fs.state import ROOT, Inode, NamespaceError, State
-from mesh.errors import EltonError
+from mesh.errors import DaemonUnreachable, EltonError
 
 log = logging.getLogger("eltonfs")
 TIMEOUT = 10.0
@@ -45,6 +45,10 @@ def _errors(fn: F) -> F:
             raise
         except NamespaceError as exc:
             raise pyfuse3.FUSEError(exc.errno) from None
+        except DaemonUnreachable as exc:
+            log.error("%s: cannot reach eltond (%s): what is not in the local cache fails with EIO until it "
+                      "is back; cached files keep working", fn.__name__, exc.message)
+            raise pyfuse3.FUSEError(errno.EIO) from None
         except EltonError as exc:
             log.error("%s: %s", fn.__name__, exc.message)
             raise pyfuse3.FUSEError(errno.EIO) from None

@@ -21,6 +21,7 @@ import queue
 import stat
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,9 +93,10 @@ class Session:
     def __init__(self, ops: Operations, mountpoint: Path, fsname: str = "eltonfs") -> None:
         self.ops, self.mountpoint, self.fsname = ops, mountpoint, fsname
         self.fd = -1
-        self.passthrough = False
+        self.passthrough = self.negotiated = False
         self.modes: dict[int, IoMode] = {}
         self.fh_ino: dict[int, int] = {}
+        self.counts: Counter[int] = Counter()
         self._inval: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
         self._inval_thread: threading.Thread | None = None
         ops.readdir_reply = readdir_reply  # type: ignore[method-assign,assignment]
@@ -121,6 +123,11 @@ class Session:
         self.fd = -1
         if self._inval_thread is not None:
             self._inval.put(None)
+
+    def stats(self) -> dict[str, Any]:
+        """What `eltonfs` info reports: the engine and how many reads and writes came through us."""
+        return {"engine": "session", "passthrough": self.passthrough, "reads": self.counts[w.READ],
+                "writes": self.counts[w.WRITE], "requests": sum(self.counts.values())}
 
     # -- notifications ----------------------------------------------------------------------------
     def invalidate_entry(self, parent: int, name: bytes) -> None:
@@ -158,6 +165,7 @@ class Session:
                         break
                     raise
                 h = w.parse_header(buf)
+                self.counts[h.opcode] += 1
                 if h.opcode in (w.OPEN, w.CREATE):  # may wait for the daemon (a lower file's fetch)
                     nursery.start_soon(self._dispatch, h, bytes(buf[:n]))
                 elif h.opcode == w.DESTROY:
@@ -206,7 +214,7 @@ class Session:
         if os.environ.get("ELTONFS_PASSTHROUGH", "1") != "0":
             want |= w.PASSTHROUGH
         flags = want & offered
-        self.passthrough = bool(flags & w.PASSTHROUGH)
+        self.passthrough = self.negotiated = bool(flags & w.PASSTHROUGH)
         log.info("FUSE %d.%d, passthrough %s", major, minor, "on" if self.passthrough else "off")
         return w.reply(h.unique, w.pack_init_out(flags, readahead, MAX_WRITE, MAX_WRITE // 4096,
                                                  1 if self.passthrough else 0))
@@ -237,16 +245,17 @@ class Session:
         f = Fields(bool(valid & w.FATTR_SIZE), bool(valid & w.FATTR_MODE), bool(valid & w.FATTR_UID),
                    bool(valid & w.FATTR_GID), bool(valid & (w.FATTR_ATIME | w.FATTR_ATIME_NOW)),
                    bool(valid & (w.FATTR_MTIME | w.FATTR_MTIME_NOW)))
-        if valid & w.FATTR_KILL_SUIDGID and not f.update_mode:
-            await self._kill_suidgid(h)
+        if not f.update_mode and (valid & w.FATTR_KILL_SUIDGID or f.update_uid or f.update_gid):
+            await self._kill_suidgid(h)  # with HANDLE_KILLPRIV_V2 chown and truncate leave this to us
         out = await self.ops.setattr(h.nodeid, a, f, None, self.ctx(h))  # type: ignore[arg-type]
         return w.reply(h.unique, w.pack_attr_out(out))
 
     async def _kill_suidgid(self, h: w.Header) -> None:
         node = self.ops.state.need(h.nodeid)
-        if node.mode & (stat.S_ISUID | stat.S_ISGID):
+        kill = stat.S_ISUID | (stat.S_ISGID if node.mode & stat.S_IXGRP else 0)
+        if stat.S_ISREG(node.mode) and node.mode & kill:
             a = pyfuse3.EntryAttributes()
-            a.st_mode = node.mode & ~(stat.S_ISUID | stat.S_ISGID)
+            a.st_mode = node.mode & ~kill
             await self.ops.setattr(h.nodeid, a, Fields(update_mode=True), None, self.ctx(h))  # type: ignore[arg-type]
 
     async def readlink(self, h: w.Header, body: memoryview) -> list[bytes]:
@@ -310,7 +319,9 @@ class Session:
         mode.users += 1
         if mode.passthrough:
             return w.OPEN_OUT.pack(fi.fh, w.FOPEN_PASSTHROUGH, mode.backing_id)
-        return w.OPEN_OUT.pack(fi.fh, w.FOPEN_KEEP_CACHE if fi.keep_cache else 0, 0)
+        # an upper file may have been written by passthrough since its pages were cached: drop them
+        keep = fi.keep_cache and not (self.negotiated and handle.upper)
+        return w.OPEN_OUT.pack(fi.fh, w.FOPEN_KEEP_CACHE if keep else 0, 0)
 
     def _closed(self, fh: int) -> None:
         ino = self.fh_ino.pop(fh, None)

@@ -27,7 +27,7 @@ from fs.store import Store
 from fs.volume import MergeConflict, Volume, tree_root
 from mesh.client import Client
 from mesh.core.manifest import chunk_hash
-from mesh.errors import EltonError
+from mesh.errors import DaemonUnreachable, EltonError
 
 log = logging.getLogger("eltonfs")
 MAX_REQUEST = 1 << 20
@@ -96,7 +96,8 @@ class Mount:
         try:
             if op == "info":
                 return {"ok": True, **self.volume.info(), "mountpoint": str(self.mountpoint), "pid": os.getpid(),
-                        "host": self.client.base_url}
+                        "host": self.client.base_url,
+                        "fuse": self.session.stats() if self.session is not None else {"engine": "pyfuse3"}}
             if op == "status":
                 return {"ok": True, "changes": self.volume.status(), **self.volume.info()}
             if op == "commit":
@@ -108,6 +109,10 @@ class Mount:
             return {"ok": False, "error": f"unknown request {op!r}"}
         except MergeConflict as exc:
             return {"ok": False, "error": exc.message, "conflicts": exc.paths, "code": exc.code}
+        except DaemonUnreachable as exc:
+            log.error("%s: cannot reach eltond: %s", op, exc.message)
+            return {"ok": False, "code": exc.code, "error": f"cannot reach eltond at {self.client.base_url} "
+                    f"({exc.message}); nothing changed, local files are kept; retry once it is back"}
         except EltonError as exc:
             return {"ok": False, "error": exc.message, "code": exc.code}
         except Exception as exc:  # a bug must not take the mount down with it
