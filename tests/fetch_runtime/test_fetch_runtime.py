@@ -1,0 +1,109 @@
+"""The fetch runtime across real sockets: 3 clusters of whole hosts in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from mesh.errors import KeyNotFound, VersionNotFound
+from mesh.runtime.metrics import render_prometheus
+from tests.fetch_runtime.helpers import close_mesh, make_mesh, wait_for, wait_known
+
+LAYOUT = [("a0", "a", "both"), ("a1", "a", "node"), ("b0", "b", "both"), ("b1", "b", "node"), ("b2", "b", "node"),
+          ("c0", "c", "both")]
+SIZE = 6 * 1024 * 1024
+
+
+def test_read_elsewhere_one_wan_transfer_per_chunk(tmp_path):
+    async def run() -> None:
+        nodes = await make_mesh(tmp_path, LAYOUT)
+        try:
+            data = os.urandom(SIZE)
+            manifest = await nodes["a1"].put("big", data)
+            chunks = {r.hash for r in manifest.chunks}
+            await wait_known(nodes["b1"], manifest, "a")
+
+            readers = [nodes[n] for n in ("b0", "b1", "b2")]
+            got = await asyncio.gather(*(r.read("big") for r in readers))
+            assert all(g == data for g in got)
+            wan = sum(nodes[n].server.served_chunks for n in ("a0", "a1", "c0"))
+            assert wan == len(chunks), f"{wan} cross-cluster chunk transfers for {len(chunks)} chunks"
+            assert nodes["a1"].server.served_chunks == len(chunks)
+            assert sum(r.remote.metrics.bytes_by_pair[("a", "b")] for r in readers) == manifest.size
+
+            again = await asyncio.gather(*(r.read("big", 1) for r in readers))  # warm: nothing moves
+            assert all(g == data for g in again)
+            assert sum(nodes[n].server.served_chunks for n in ("a0", "a1", "c0")) == len(chunks)
+
+            history = await nodes["b2"].repo.history("big", 10)
+            assert [m.version for m in history] == [1]
+            with pytest.raises(VersionNotFound):
+                await nodes["b1"].repo.find("big", 7)
+            with pytest.raises(KeyNotFound):
+                await nodes["b1"].repo.find("nobody-wrote-this")
+            text = render_prometheus(nodes["b1"].remote.metrics)
+            assert 'elton_fetch_cluster_pair_bytes_total{from="a",to="b"}' in text or \
+                'elton_fetch_cluster_pair_bytes_total{from="b",to="b"}' in text
+        finally:
+            await close_mesh(nodes)
+
+    asyncio.run(run())
+
+
+def test_cheaper_cluster_chosen_corrupt_copy_skipped_dead_holder_replaced(tmp_path):
+    async def run() -> None:
+        nodes = await make_mesh(tmp_path, LAYOUT, costs={"pairs": {"b/c": 0.001}, "time_weight": 1e-6})
+        try:
+            a1, b1, b2, c0 = nodes["a1"], nodes["b1"], nodes["b2"], nodes["c0"]
+            first, second = os.urandom(SIZE), os.urandom(SIZE)
+            m1 = await a1.put("one", first)
+            m2 = await a1.put("two", second)
+            await wait_known(c0, m2, "a")
+            assert await c0.read("one") == first and await c0.read("two") == second  # now held in a and c
+            await wait_known(b1, m2, "c")
+
+            # c is cheaper for b; c0 serves one chunk of "one" corrupted: it must never reach the reader
+            bad = m1.chunks[0].hash
+            real_read = c0.server._read
+
+            def corrupting(h: str) -> tuple[int, bytes]:
+                status, data = real_read(h)
+                return (status, bytes([data[0] ^ 1]) + data[1:]) if h == bad and data else (status, data)
+
+            c0.server._read = corrupting  # type: ignore[method-assign]
+            a_before, c_before = a1.server.served_chunks, c0.server.served_chunks
+            assert await b1.read("one") == first
+            distinct = len({r.hash for r in m1.chunks})
+            assert c0.server.served_chunks - c_before == distinct  # every chunk was asked of c first
+            assert a1.server.served_chunks - a_before == 1  # only the corrupt one came from a
+            assert b1.remote.metrics.faults["corrupt"] == 1
+            assert not b1.repo.missing([r.hash for r in m1.chunks])
+
+            # c0 serves slowly, then dies in the middle of b2's read of "two": a finishes it
+            killed = asyncio.Event()
+
+            def slow(h: str) -> tuple[int, bytes]:
+                import time
+                time.sleep(3.0 if killed.is_set() else 0.4)
+                return (2, b"") if killed.is_set() else real_read(h)
+
+            c0.server._read = slow  # type: ignore[method-assign]
+            a_before, c_before = a1.server.served_chunks, c0.server.served_chunks
+            manifest = await b2.repo.find("two")
+            pieces = []
+            async for piece in b2.repo.read_range_anywhere(manifest, 0, manifest.size):
+                pieces.append(piece)
+                if not killed.is_set():
+                    killed.set()
+                    await c0.gossip.close()
+            assert b"".join(pieces) == second
+            assert c0.server.served_chunks - c_before >= 1
+            assert a1.server.served_chunks - a_before >= 1
+            await wait_for(lambda: c0.id not in {m.id for m in b2.gossip.members() if m.state.value == "alive"},
+                           5, "c0 seen dead")
+        finally:
+            await close_mesh(nodes)
+
+    asyncio.run(run())
