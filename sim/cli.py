@@ -11,9 +11,9 @@ import click
 
 from mesh.errors import EltonError
 from sim.fuzz import fuzz_one, replay_command
-from sim.report import build_report, report_json, report_markdown
+from sim.report import build_report, gossip_markdown, gossip_report, report_json, report_markdown
 from sim.run import run_scenario, system_classes
-from sim.scenario import load_scenario, shipped_scenarios
+from sim.scenario import Scenario, load_scenario, shipped_scenarios
 
 
 def _progress(total_s: float, systems: list[str]):  # type: ignore[no-untyped-def]
@@ -32,6 +32,8 @@ def _progress(total_s: float, systems: list[str]):  # type: ignore[no-untyped-de
 def run_to_dir(scenario: str, seed: int, out: Path, sets: tuple[str, ...], systems: list[str],
                plots: bool = True) -> dict:
     sc = load_scenario(scenario, sets)
+    if sc.gossip is not None:
+        return gossip_to_dir(sc, seed, out)
     progress, update = _progress(sc.duration_s, systems)
     wall0 = time.perf_counter()
     with progress:
@@ -48,6 +50,25 @@ def run_to_dir(scenario: str, seed: int, out: Path, sets: tuple[str, ...], syste
         from sim.plots import write_plots
 
         write_plots(report, results, sc.duration_s, out)
+    return {"report": report, "timing": timing}
+
+
+def gossip_to_dir(sc: Scenario, seed: int, out: Path) -> dict:
+    """Run a membership study (a scenario with a [gossip] table) and write its report."""
+    from sim.gossip import run_gossip
+
+    progress, update = _progress(sc.duration_s, ["gossip"])
+    wall0 = time.perf_counter()
+    with progress:
+        study = run_gossip(sc, seed, on_progress=lambda t: update("gossip", t))
+    wall = time.perf_counter() - wall0
+    report = gossip_report(sc, seed, study)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(report_json(report))
+    (out / "report.md").write_text(gossip_markdown(report))
+    timing = {"wall_s": round(wall, 3), "simulated_s_per_wall_s": round(sc.duration_s / wall, 3),
+              "events": study["events"]}
+    (out / "timing.json").write_text(json.dumps(timing, indent=2, sort_keys=True) + "\n")
     return {"report": report, "timing": timing}
 
 
@@ -76,6 +97,10 @@ def run(scenario: str, seed: int, out: Path | None, sets: tuple[str, ...], syste
     names = _systems(systems)
     out = out or Path("sim-out") / f"{Path(scenario).stem}-{seed}"
     res = run_to_dir(scenario, seed, out, sets, names, plots=not no_plots)
+    if "gossip" in res["report"]:
+        click.echo((out / "report.md").read_text())
+        click.echo(f"{res['timing']['simulated_s_per_wall_s']} simulated s per wall s; wrote {out}/")
+        return
     s = res["report"]["systems"]
     for n in names:
         click.echo(f"{n:7} WAN {s[n]['wan_bytes'] / 2**20:12.1f} MiB  ${s[n]['cost_usd']:.4f}  "

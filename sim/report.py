@@ -156,3 +156,52 @@ def report_markdown(report: dict[str, Any]) -> str:
     if viol:
         lines += ["## Invariant violations", ""] + [f"- {n}: {v}" for n, v in viol] + [""]
     return "\n".join(lines)
+
+
+def gossip_report(sc: Scenario, seed: int, study: dict[str, Any]) -> dict[str, Any]:
+    """``report.json`` of a membership study (``sim.gossip``)."""
+    return {"scenario": {"name": sc.name, "seed": seed, "duration_s": sc.duration_s,
+                         "clusters": {c.name: {"hosts": c.hosts, "masters": c.masters} for c in sc.clusters}},
+            "gossip": study}
+
+
+def _s(x: float | None) -> str:
+    return "not reached" if x is None else f"{x:.3f} s"
+
+
+def gossip_markdown(report: dict[str, Any]) -> str:
+    sc, g = report["scenario"], report["gossip"]
+    q = f"{g['quantile'] * 100:g}%"
+    b, m, cfg = g["bytes"], g["model"], g["config"]
+    lines = [f"# Scenario `{sc['name']}` (seed {sc['seed']}): membership", "",
+             f"{g['masters']} masters in {g['clusters']} cluster(s), the real `mesh.core.membership` cores "
+             f"(profile `{g['profile']}`: gossip every {cfg['gossip_interval_s']:g} s to {cfg['gossip_nodes']}, "
+             f"probe every {cfg['probe_interval_s']:g} s, push-pull every {cfg['push_pull_interval_s']:g} s), "
+             f"{g['simulated_s']:g} simulated seconds.", "", "## Time for a change to reach " + q + " of masters", ""]
+    kill = g["changes"].get("kill")
+    if kill:
+        lines += [f"A master ({kill['host']}) is killed at {kill['at_s']:g} s (no leave message):", "",
+                  f"- first suspicion: {_s(kill['first_suspect_after_s'])} after the kill; the suspicion reached "
+                  f"{q} in {_s(kill['suspicion_to_quantile_s'])}",
+                  f"- first declared dead: {_s(kill['first_dead_after_s'])} after the kill; 'dead' reached {q} "
+                  f"in {_s(kill['dead_to_quantile_s'])} ({kill['dead_reached']} of {kill['observers']})",
+                  f"- kill to {q} of masters seeing it dead: {_s(kill['kill_to_quantile_dead_s'])}", ""]
+    join = g["changes"].get("join")
+    if join:
+        lines += [f"A master ({join['host']}) joins at {join['at_s']:g} s through a push-pull with one master: "
+                  f"{q} of masters ({join['reached']} of {join['observers']}) knew it after "
+                  f"{_s(join['join_to_quantile_s'])}.", ""]
+    serf = m["serf_published"]
+    lines += ["## Against the SWIM/Serf model", "",
+              f"- Serf's published figure: {serf['seconds']:g} s to reach {serf['quantile'] * 100:g}% of "
+              f"{serf['nodes']} nodes (gossip every {serf['gossip_interval_s']:g} s, fan-out {serf['fanout']})",
+              f"- mean-field push epidemic at {g['masters']} masters with this profile: {m['mean_field_push_s']:.3f} s",
+              "- measured here: the spread of one update (suspicion, 'dead', or a join) above", "",
+              "## Gossip bytes per master per second (sent)", "",
+              "| | B/master/s |", "|---|---|",
+              f"| datagrams, steady state (no change under way) | {b['quiet_datagram_bytes_per_master_per_s']} |",
+              f"| datagrams, whole run | {b['datagram_bytes_per_master_per_s']} |",
+              f"| push-pull, whole run ({b['push_pulls']} started) | {b['push_pull_bytes_per_master_per_s']} |",
+              f"| push-pull, steady (one per master per interval, measured size) | "
+              f"{b['steady_push_pull_bytes_per_master_per_s']} |", ""]
+    return "\n".join(lines)

@@ -70,6 +70,7 @@ class Scenario:
     faults: list[dict[str, Any]]
     nfs_server: str
     elton: dict[str, Any]
+    gossip: dict[str, Any] | None = None  # a membership study (sim.gossip) instead of systems
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def cluster_names(self) -> list[str]:
@@ -153,7 +154,7 @@ def load_scenario(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()
 
 def build_scenario(raw: dict[str, Any], default_name: str = "scenario") -> Scenario:
     known = {"name", "description", "duration_s", "chunk_size", "clusters", "links", "wan_default",
-             "prices", "network", "report", "workload", "faults", "nfs", "elton"}
+             "prices", "network", "report", "workload", "faults", "nfs", "elton", "gossip"}
     unknown = set(raw) - known
     if unknown:
         raise ScenarioError(f"unknown top-level field(s): {', '.join(sorted(unknown))}")
@@ -206,8 +207,11 @@ def build_scenario(raw: dict[str, Any], default_name: str = "scenario") -> Scena
         raise ScenarioError(f"network.sharing must be 'fair' or 'fifo', not {sharing!r}")
     nfs_server = str(raw.get("nfs", {}).get("server", f"{clusters[0].name}/0"))
     workloads = list(raw.get("workload", []))
-    if not workloads:
-        raise ScenarioError("a scenario needs at least one [[workload]] entry")
+    gossip = raw.get("gossip")
+    if gossip is not None and not isinstance(gossip, dict):
+        raise ScenarioError("gossip must be a table")
+    if not workloads and gossip is None:
+        raise ScenarioError("a scenario needs at least one [[workload]] entry (or a [gossip] table)")
     return Scenario(
         name=str(raw.get("name", default_name)),
         description=str(raw.get("description", "")).strip(),
@@ -222,5 +226,6 @@ def build_scenario(raw: dict[str, Any], default_name: str = "scenario") -> Scena
         faults=list(raw.get("faults", [])),
         nfs_server=nfs_server,
         elton=dict(raw.get("elton", {})),
+        gossip=None if gossip is None else dict(gossip),
         raw=raw,
     )
