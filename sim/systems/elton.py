@@ -329,7 +329,8 @@ class EltonSystem(System):
         cores = {
             "placement": "real: dht.Placement",
             "issuance": "real: mesh.core.issuance.Issuer via SimHost" if HAVE_ISSUER else "absent: commits fail",
-            "membership": "not wired: the simulator's host up/down state stands in for the failure detector",
+            "membership": "not wired in this system: the simulator's host up/down state stands in for the failure"
+                          " detector; the gossip scenario (sim.gossip) runs the real mesh.core.membership cores",
             "holder index": "not wired (mesh.core.holders landed late): the simulator keeps the holder set",
             "fetch planner and coalescing": "not wired (mesh.core.fetch landed late): the simulator asks the"
                                             " cost model for the cheapest live holder and allows one WAN"
