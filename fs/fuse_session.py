@@ -180,7 +180,7 @@ class Session:
             os.writev(self.fd, parts)
         except OSError as exc:
             if exc.errno != errno.ENOENT:  # ENOENT: the request was interrupted meanwhile
-                raise
+                log.error("the kernel refused a reply (%s); the request fails, the mount stays", exc)
 
     async def _dispatch(self, h: w.Header, buf: bytes | bytearray) -> None:
         body = memoryview(buf)[w.IN_HEADER.size:h.length - h.extlen]
