@@ -178,6 +178,10 @@ class Client:
         """The key's home, replicas, latest version and the holders of the latest version."""
         return self._json("GET", f"/v1/where/{_k(key)}")
 
+    def stats(self) -> dict[str, Any]:
+        """Fetch counters: bytes by link class and cluster pair, cache hits and misses, recent choices."""
+        return self._json("GET", "/v1/stats")
+
     def pending(self) -> list[dict[str, Any]]:
         return self._json("GET", "/v1/pending")["pending"]
 

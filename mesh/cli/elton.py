@@ -229,6 +229,25 @@ def pending(client: Client, as_json: bool) -> None:
         click.echo(f"{p.get('id')}  {p.get('key')}  {p.get('state')}  {p.get('error', '')}")
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def stats(client: Client, as_json: bool) -> None:
+    """What this host fetched: bytes by link class and cluster pair, cache hits and misses, costs."""
+    st = client.stats()
+    if as_json:
+        click.echo(json.dumps(st))
+        return
+    for link, n in sorted(st["bytes_by_link"].items()):
+        click.echo(f"fetched over {link + ':':12} {human_bytes(n):>10}  ({st['chunks_by_link'].get(link, 0)} chunks)")
+    for pair, n in sorted(st["bytes_by_cluster_pair"].items()):
+        click.echo(f"from cluster {pair + ':':20} {human_bytes(n):>10}")
+    cache = st["cache"]
+    click.echo(f"cache: {cache['hits']} hits, {cache['misses']} misses; expected cost ${st['expected_cost_usd']:.6f}")
+    if st.get("holder_faults"):
+        click.echo("holder faults: " + ", ".join(f"{k} {v}" for k, v in st["holder_faults"].items()))
+
+
 @cli.group()
 def mesh() -> None:
     """Admission: join tokens and removal of hosts (on the host that created the mesh)."""

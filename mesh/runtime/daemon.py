@@ -24,7 +24,9 @@ from mesh.core.membership import Config as GossipConfig
 from mesh.errors import ConfigError, EltonError
 from mesh.runtime.datadir import DataDir
 from mesh.runtime.durability import ChunkReplicator
+from mesh.runtime.fetch import MeshRemote
 from mesh.runtime.gossip import GossipService
+from mesh.runtime.holders import HolderService, held_chunks
 from mesh.runtime.http_api import Api
 from mesh.runtime.issuance import IssuanceSettings, IssuerService, PendingCommits
 from mesh.runtime.issuance_store import PendingStore
@@ -49,6 +51,7 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
     gossip: GossipService | None = None
     issuer: IssuerService | None = None
     pending: PendingCommits | None = None
+    holders: HolderService | None = None
     try:
         identity = datadir.identity()
         repo = Repository(config.data_dir, identity, clock=time.time)
@@ -83,7 +86,11 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
         bound = _bound_port(site)
         gossip = await start_gossip(config, identity, http_advertised=f"{_url_host(http_host)}:{bound}")
         ChunkServer(gossip, repo.chunks, repo.executor)
-        repo.before_issue = ChunkReplicator(gossip, repo, config.copies, config.copies_scope).ensure
+        holders = HolderService(gossip, held_chunks(repo.meta))
+        await holders.start()
+        repo.on_stored = holders.on_chunks_stored
+        repo.before_issue = ChunkReplicator(gossip, repo, config.copies, config.copies_scope,
+                                            on_stored=holders.on_chunks_stored).ensure
         issuer = IssuerService(identity, gossip, repo.meta, IssuanceSettings(
             replicas=config.replicas, replica_scope=config.replica_scope, commit_timeout=config.commit_timeout))
         await issuer.start()
@@ -91,7 +98,8 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
                                  reachable=issuer.reachable)
         await pending.start()
         repo.issuer = pending.hook()
-        api.gossip, api.issuer, api.pending = gossip, issuer, pending
+        repo.remote = MeshRemote(gossip, repo, holders, issuer=issuer, costs=config.costs)
+        api.gossip, api.issuer, api.pending, api.remote, api.holders = gossip, issuer, pending, repo.remote, holders
         info.update({
             "node_id": identity.node_id,
             "pid": os.getpid(),
@@ -111,6 +119,8 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
             await pending.close()
         if issuer is not None:
             await issuer.close()
+        if holders is not None:
+            await holders.close()
         if gossip is not None:
             await gossip.leave()  # a graceful stop tells the mesh at once instead of waiting for suspicion
         if runner is not None:

@@ -31,8 +31,11 @@ from mesh.errors import (
     Unauthorized,
     Unavailable,
 )
+from mesh.runtime.fetch import MeshRemote
 from mesh.runtime.gossip import GossipService
+from mesh.runtime.holders import HolderService
 from mesh.runtime.issuance import IssuerService, PendingCommits, queue_commits
+from mesh.runtime.metrics import render_prometheus
 from mesh.runtime.openapi import OPENAPI
 from mesh.runtime.repository import MAX_CHUNK_UPLOAD, Repository
 from mesh.store.chunks import check_hash
@@ -136,6 +139,8 @@ class Api:
         self.gossip: GossipService | None = None  # set once the mesh is up
         self.issuer: IssuerService | None = None
         self.pending: PendingCommits | None = None
+        self.remote: MeshRemote | None = None
+        self.holders: HolderService | None = None
 
     def app(self) -> web.Application:
         middlewares = [errors_middleware] + ([token_middleware(self.http_token)] if self.http_token else [])
@@ -154,6 +159,8 @@ class Api:
             r.add_put(prefix + "{key:.+}", self.put_key)
         r.add_get("/v1/members", self.members)
         r.add_get("/v1/pending", self.list_pending)
+        r.add_get("/v1/metrics", self.metrics)
+        r.add_get("/v1/stats", self.stats)
         r.add_get("/v1/where/{key:.+}", self.where)
         r.add_get("/v1/mesh", self.mesh_info)
         r.add_post("/v1/mesh/token", self.mesh_token)
@@ -182,6 +189,22 @@ class Api:
         gossip = self._mesh()
         return web.json_response({"self": gossip.id, "members": [member_json(m) for m in gossip.members()]})
 
+    def _grants(self) -> int | None:
+        co = self.holders.coalescer if self.holders is not None else None
+        return co.granted if co is not None else None
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text: bytes by link class and cluster pair, cache hits and misses, holder faults."""
+        if self.remote is None:
+            raise Unavailable("the mesh layer is starting")
+        return web.Response(text=render_prometheus(self.remote.metrics, self._grants()),
+                            content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-store"})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        if self.remote is None:
+            raise Unavailable("the mesh layer is starting")
+        return web.json_response(self.remote.metrics.snapshot(self._grants()))
+
     async def list_pending(self, request: web.Request) -> web.Response:
         if self.pending is None:
             raise Unavailable("the mesh layer is starting")
@@ -201,10 +224,17 @@ class Api:
         return web.json_response(info)
 
     def _holders(self, manifest: Manifest) -> list[str]:
-        """Hosts known to hold every chunk of a version: this one, when it does (the mesh-wide
-        list comes from the holder index once fetch routing is wired)."""
-        have = self.repo.meta.has_chunks([c.hash for c in manifest.chunks])
-        return [self.repo.identity.node_id] if len(have) == len({c.hash for c in manifest.chunks}) else []
+        """Hosts known to hold every chunk of a version: this one, and those its cluster's index knows."""
+        hashes = list({c.hash for c in manifest.chunks})
+        found = []
+        if len(self.repo.meta.has_chunks(hashes)) == len(hashes):
+            found.append(self.repo.identity.node_id)
+        index = self.holders.index if self.holders is not None else None
+        if index is not None and hashes:
+            now = self.holders._now()
+            common = set.intersection(*(set(index.holders(h, now)) for h in hashes))
+            found += sorted(common - set(found))
+        return found
 
     async def mesh_info(self, request: web.Request) -> web.Response:
         return web.json_response(self._mesh().info())

@@ -123,6 +123,8 @@ class Repository:
         self.remote: Remote | None = None  # set by the daemon once the mesh is up
         # Runs before a version is issued: puts its chunks on more holders (durability.ChunkReplicator)
         self.before_issue: Callable[[list[ChunkRef]], Awaitable[object]] | None = None
+        # Told of every chunk this host starts to hold, so the mesh knows where to fetch it
+        self.on_stored: Callable[[list[tuple[str, int]]], None] | None = None
         self.chunks = ChunkStore(data_dir / "chunks")
         self.meta = MetaStore(data_dir / "meta.sqlite")
         self.executor = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
@@ -213,20 +215,19 @@ class Repository:
         draft = Draft(key=key, size=size, content_hash=content_hash, chunks=tuple(refs),
                       author=self.identity.node_id, kind=kind, meta=meta)
         pairs = sorted({(r.hash, r.size) for r in refs})
+        await self.meta.write(record_chunks(pairs))
+        self._stored(pairs)
         if self.before_issue is not None and refs:
             await self.before_issue(_unique(refs))
         if self.issuer is not None:
-            await self.meta.write(record_chunks(pairs))
             manifest = (await self.issuer(draft, expected_parent)).verify()
             await self.meta.write(store_version(manifest))
             return manifest
-        issue_op = _issue_op(draft, expected_parent, self.identity, self.clock())
+        return await self.meta.write(_issue_op(draft, expected_parent, self.identity, self.clock()))
 
-        def op(conn: sqlite3.Connection) -> Manifest:
-            record_chunks(pairs)(conn)
-            return issue_op(conn)
-
-        return await self.meta.write(op)
+    def _stored(self, pairs: list[tuple[str, int]]) -> None:
+        if self.on_stored is not None and pairs:
+            self.on_stored(pairs)
 
     async def learn(self, manifest: Manifest) -> None:
         """Record a version issued elsewhere (verified by its signature) so it can be served here."""
@@ -241,6 +242,7 @@ class Repository:
             raise InvalidRequest(f"chunk body hashes to {actual}, not {expected_hash}")
         created = await self._in_thread(self._write_and_sync, expected_hash, data)
         await self.meta.write(record_chunks([(expected_hash, len(data))]))
+        self._stored([(expected_hash, len(data))])
         return created
 
     def _write_and_sync(self, h: str, data: bytes) -> bool:

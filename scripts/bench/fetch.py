@@ -1,0 +1,78 @@
+"""Fetch benchmark on real eltond processes in network namespaces (2 clusters x 3 hosts).
+
+A file of --size-mib is written on c1h2. Then, each a fresh version so nothing is cached:
+  local    GET on the writing host (the single-host figure the others are compared with)
+  cluster  cold GET on c1h3 (chunks fetched from c1h2 inside the cluster)
+  wan      cold GET on c2h2 (chunks cross the WAN link, shaped to --wan-rate by tbf)
+  warm     a second GET on c2h2 (from its cache)
+Medians of --rounds; reads go to /dev/null through curl inside the reading host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from tests.harness.netns import Harness, rate_to_bits  # noqa: E402
+from tests.harness.test_mesh import converged  # noqa: E402
+
+
+def get(h: Harness, host: str, key: str, version: int) -> float:
+    r = h.exec(host, ["curl", "-sS", "-f", "-o", "/dev/null", "-w", "%{speed_download}",
+                      f"http://127.0.0.1:7420/v1/keys/{key}?version={version}"], timeout=900)
+    if r.returncode != 0:
+        raise SystemExit(f"GET on {host} failed: {r.stderr}")
+    return float(r.stdout)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--wan-size-mib", type=int, default=256, help="smaller: the WAN link is slow")
+    ap.add_argument("--wan-rate", default="200mbit")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "fetch.json")
+    args = ap.parse_args()
+    res: dict[str, list[float]] = {"local": [], "cluster": [], "wan": [], "warm": []}
+    with Harness(Path(tempfile.mkdtemp(prefix="elton-fetch-")), clusters=2, hosts=3,
+                 wan_rate=args.wan_rate, health_timeout=60) as h:
+        converged(h)
+        writer = Path(h.host("c1h2").data_dir)
+        for _ in range(args.rounds):
+            for name, size in (("big", args.size_mib), ("wan", args.wan_size_mib)):
+                (writer / f"{name}.bin").write_bytes(os.urandom(size << 20))
+            put = lambda key, f: int(h.exec("c1h2", [str(h.venv / "bin" / "elton"), "put", key, str(writer / f)],  # noqa: E731
+                                            timeout=900).stdout.strip().rsplit("@", 1)[1])
+            v = put("bench/big", "big.bin")
+            w = put("bench/wan", "wan.bin")
+            res["local"].append(get(h, "c1h2", "bench/big", v))
+            res["cluster"].append(get(h, "c1h3", "bench/big", v))
+            res["wan"].append(get(h, "c2h2", "bench/wan", w))
+            res["warm"].append(get(h, "c2h2", "bench/wan", w))
+            print({k: f"{x[-1] / 1e6:.0f} MB/s" for k, x in res.items()}, file=sys.stderr)
+    med = {k: statistics.median(x) for k, x in res.items()}
+    link = rate_to_bits(args.wan_rate) / 8
+    report = {"median_bytes_per_s": med, "all": res, "wan_rate_bytes_per_s": link,
+              "cluster_vs_local": med["cluster"] / med["local"], "wan_vs_link": med["wan"] / link}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"""
+| read (median of {args.rounds}) | throughput | against |
+|---|---|---|
+| GET on the writing host ({args.size_mib} MiB) | {med['local'] / 1e6:.0f} MB/s | |
+| cold, from another host of the cluster | {med['cluster'] / 1e6:.0f} MB/s | {report['cluster_vs_local']:.0%} of the local GET |
+| cold, across a {args.wan_rate} WAN link ({args.wan_size_mib} MiB) | {med['wan'] / 1e6:.1f} MB/s | {report['wan_vs_link']:.0%} of the link |
+| warm, from the reader's cache | {med['warm'] / 1e6:.0f} MB/s | |
+""")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
