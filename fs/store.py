@@ -27,7 +27,7 @@ class ChunkClient(Protocol):
     """The part of ``mesh.client.Client`` eltonfs uses."""
 
     def put_chunk(self, data: bytes) -> str: ...
-    def get_chunk(self, h: str) -> bytes: ...
+    def get_chunk(self, h: str, size: int | None = None) -> bytes: ...
     def missing_chunks(self, hashes: list[str]) -> list[str]: ...
 
 
@@ -115,7 +115,7 @@ class Store:
             if not path.exists():
                 def write(f: BinaryIO) -> None:
                     for h, size in chunks:
-                        data = self.client.get_chunk(h)
+                        data = self.client.get_chunk(h, size)
                         if len(data) != size:
                             raise CorruptChunk(f"chunk {h} has {len(data)} bytes, not {size}")
                         f.write(data)

@@ -275,8 +275,9 @@ class Client:
         self.call("PUT", f"/v1/chunks/{h}", data, {"Content-Type": "application/octet-stream"})
         return h
 
-    def get_chunk(self, h: str) -> bytes:
-        data = self.call("GET", f"/v1/chunks/{h}")
+    def get_chunk(self, h: str, size: int | None = None) -> bytes:
+        """A chunk by hash (the node fetches it from the mesh if it lacks it; ``size`` helps it plan)."""
+        data = self.call("GET", f"/v1/chunks/{h}" + (f"?size={size}" if size else ""))
         if chunk_hash(data) != h:
             raise CorruptChunk(f"chunk {h} arrived with other content")
         return data

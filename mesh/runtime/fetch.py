@@ -289,7 +289,7 @@ class MeshRemote:
 
     # -- chunks -------------------------------------------------------------------------------------------
 
-    async def fetch(self, manifest: Manifest, refs: list[ChunkRef]) -> AsyncIterator[bytes]:
+    async def fetch(self, manifest: Manifest | None, refs: list[ChunkRef]) -> AsyncIterator[bytes]:
         read = _Read(self, refs)
         self.metrics.cache_misses += len(refs)
         ok = False

@@ -101,9 +101,10 @@ class Remote(Protocol):
         raises KeyNotFound / VersionNotFound, or Unavailable when no master can be reached."""
         ...
 
-    def fetch(self, manifest: Manifest, refs: list[ChunkRef]) -> AsyncIterator[bytes]:
-        """The verified bytes of ``refs`` (distinct chunks of ``manifest``), in order, from the
-        cheapest holders; each is stored here as a cached copy on the way (this host becomes a holder)."""
+    def fetch(self, manifest: Manifest | None, refs: list[ChunkRef]) -> AsyncIterator[bytes]:
+        """The verified bytes of ``refs`` (distinct chunks of ``manifest``, or loose ones: directory
+        objects of a tree), in order, from the cheapest holders; each is stored here as a cached copy
+        on the way (this host becomes a holder). A ref of size 0 is checked by its hash alone."""
         ...
 
     async def versions(self, key: str, limit: int, before: int | None) -> list[Manifest]:

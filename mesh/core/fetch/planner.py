@@ -237,7 +237,7 @@ class FetchPlanner:
         if unit.cluster_has and any(h.cluster == self.local.cluster for _, h in live):
             live = [(n, h) for n, h in live if h.cluster == self.local.cluster]
         for node, host in live:
-            e = self.costs.estimate(self.local, host, unit.ref.size, self._queued.get(node, 0))
+            e = self.costs.estimate(self.local, host, _planned_size(unit.ref), self._queued.get(node, 0))
             if best is None or (e.cost, node) < (best.cost, best.holder.node):
                 best = e
         return best
@@ -268,10 +268,10 @@ class FetchPlanner:
                 self._out.append(ToMaster(self._claim(unit)))  # renew the lease for the retry
             unit.wan_requests += 1
         rid, self._next_id = self._next_id, self._next_id + 1
-        deadline = now + self.config.timeout_base + unit.ref.size / self.config.min_bandwidth
+        deadline = now + self.config.timeout_base + _planned_size(unit.ref) / self.config.min_bandwidth
         self._inflight[rid] = _InFlight(unit, best, now, deadline)
         node = best.holder.node
-        self._queued[node] = self._queued.get(node, 0) + unit.ref.size
+        self._queued[node] = self._queued.get(node, 0) + _planned_size(unit.ref)
         unit.state, unit.deadline = INFLIGHT, None
         self._out.append(Request(rid, unit.ref, best, deadline))
 
@@ -279,7 +279,7 @@ class FetchPlanner:
         f = self._inflight.pop(rid, None)
         if f is not None:
             node = f.estimate.holder.node
-            left = self._queued[node] - f.unit.ref.size
+            left = self._queued[node] - _planned_size(f.unit.ref)
             if left:
                 self._queued[node] = left
             else:
@@ -303,7 +303,7 @@ class FetchPlanner:
         unit, holder = f.unit, f.estimate.holder
         if isinstance(msg, ChunkOk):
             data = msg.data
-            if len(data) == unit.ref.size and chunk_hash(data) == unit.ref.hash:
+            if unit.ref.size in (0, len(data)) and chunk_hash(data) == unit.ref.hash:
                 self.costs.observe_transfer(self.local, holder, len(data), now - f.sent)
                 unit.state, unit.deadline, unit.data = DONE, None, bytes(data)
                 self._out.append(BecameHolder(unit.ref, unit.data, f.estimate.cross_cluster))
@@ -364,3 +364,12 @@ class FetchPlanner:
                 break
             if unit.state == IDLE:
                 self._start(unit, now)
+
+
+UNKNOWN_SIZE_GUESS = 256 * 1024
+
+
+def _planned_size(ref: ChunkRef) -> int:
+    """The size to plan with: a ref of size 0 names a chunk by its hash alone (a directory object
+    whose size nobody recorded; no real chunk is empty), checked by hash and planned at a guess."""
+    return ref.size or UNKNOWN_SIZE_GUESS

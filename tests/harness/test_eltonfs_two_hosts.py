@@ -1,0 +1,80 @@
+"""Issue 6, two hosts in two clusters: A writes and commits, B reads lazily, B edits and commits, A updates."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.harness.netns import Harness
+from tests.harness.test_mesh import converged
+
+pytestmark = [pytest.mark.root, pytest.mark.slow,
+              pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and FUSE need root")]
+
+
+def eltonfs(h: Harness, host: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run eltonfs in the host's network namespace but the machine's mount namespace (so the mount
+    it makes is visible to this test; `ip netns exec` would give it a private one)."""
+    netns = f"/var/run/netns/{h.netns_of(host)}"
+    r = subprocess.run(["nsenter", f"--net={netns}", str(h.venv / "bin" / "eltonfs"), *args],
+                       capture_output=True, text=True, timeout=120)
+    if check:
+        assert r.returncode == 0, f"{host}: eltonfs {' '.join(args)}: {r.stderr}"
+    return r
+
+
+def wan_in(h: Harness, cluster: int) -> int:
+    return int(h.wan_bytes()[f"c{cluster}"]["rx_bytes"])
+
+
+def test_two_hosts_share_a_volume_through_commits(tmp_path: Path) -> None:
+    with Harness(tmp_path / "mesh", clusters=2, hosts=2, health_timeout=60) as h:
+        converged(h)
+        a, b = tmp_path / "a", tmp_path / "b"
+        a.mkdir()
+        b.mkdir()
+        mounted: list[tuple[str, Path]] = []
+        try:
+            eltonfs(h, "c1h2", "init", "team/vol")
+            eltonfs(h, "c1h2", "mount", "team/vol", str(a), "--cache-dir", str(tmp_path / "cache-a"))
+            mounted.append(("c1h2", a))
+            big = os.urandom(8 * 1024 * 1024)
+            (a / "data").mkdir()
+            (a / "data" / "big.bin").write_bytes(big)
+            (a / "notes.txt").write_text("from A\n")
+            eltonfs(h, "c1h2", "commit", str(a), "-m", "first from A")
+
+            before = wan_in(h, 2)
+            eltonfs(h, "c2h2", "mount", "team/vol", str(b), "--cache-dir", str(tmp_path / "cache-b"))
+            mounted.append(("c2h2", b))
+            assert sorted(p.name for p in b.iterdir()) == ["data", "notes.txt"]
+            listed = wan_in(h, 2) - before
+            assert listed < 1024 * 1024, f"listing the tree moved {listed} bytes: contents are fetched on first read only"
+            assert (b / "data" / "big.bin").read_bytes() == big
+            assert wan_in(h, 2) - before >= len(big), "the first read fetched the file across the WAN"
+            again = wan_in(h, 2)
+            assert (b / "data" / "big.bin").read_bytes() == big
+            assert wan_in(h, 2) - again < 256 * 1024, "a second read is served from B's cache"
+
+            (b / "notes.txt").write_text("from A\nand from B\n")
+            (b / "data" / "b-only.txt").write_text("B was here\n")
+            eltonfs(h, "c2h2", "commit", str(b), "-m", "edit from B")
+
+            (a / "local-draft.txt").write_text("not committed yet\n")
+            eltonfs(h, "c1h2", "update", str(a))
+            assert (a / "notes.txt").read_text() == "from A\nand from B\n"
+            assert (a / "data" / "b-only.txt").read_text() == "B was here\n"
+            assert (a / "local-draft.txt").read_text() == "not committed yet\n", "update keeps local changes"
+
+            log_a = eltonfs(h, "c1h2", "log", str(a)).stdout
+            log_b = eltonfs(h, "c2h2", "log", str(b)).stdout
+            assert "edit from B" in log_a and "first from A" in log_a
+            assert [line.split()[0] for line in log_a.splitlines() if line.strip()][:2] == \
+                   [line.split()[0] for line in log_b.splitlines() if line.strip()][:2]
+        finally:
+            for host, mnt in reversed(mounted):
+                if eltonfs(h, host, "umount", str(mnt), check=False).returncode != 0:
+                    subprocess.run(["umount", "-l", str(mnt)], check=False)
