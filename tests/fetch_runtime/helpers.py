@@ -129,3 +129,22 @@ async def wait_known(reader: Node, manifest: Manifest, cluster: str, limit: floa
             raise AssertionError(f"holders in {cluster} not reported within {limit} s")
         await asyncio.sleep(0.05)
 
+
+
+def run_bounded(coro: Any, limit: float = 90.0) -> None:
+    """``asyncio.run`` with a limit; on a hang, the stacks of every task are in the failure message."""
+
+    async def main() -> None:
+        task = asyncio.ensure_future(coro)
+        done, _ = await asyncio.wait({task}, timeout=limit)
+        if task in done:
+            return task.result()
+        stacks = []
+        for t in asyncio.all_tasks():
+            frames = [f"{f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno} {f.f_code.co_name}"
+                      for f in t.get_stack(limit=6)]
+            stacks.append(" <- ".join(frames))
+        task.cancel()
+        raise AssertionError(f"hung for {limit} s; tasks:\n" + "\n".join(sorted(stacks)))
+
+    asyncio.run(main())
