@@ -32,6 +32,40 @@ def get(h: Harness, host: str, key: str, version: int) -> float:
     return float(r.stdout)
 
 
+def wan_in(h: Harness) -> int:
+    return int(h.wan_bytes()["c2"]["rx_bytes"])
+
+
+def thesis_bytes(h: Harness, writer: Path) -> dict[str, int]:
+    """The thesis experiment, Elton against one central server, as bytes into the reading cluster."""
+    (writer / "thesis.bin").write_bytes(os.urandom(64 << 20))
+    out = h.exec("c1h2", [str(h.venv / "bin" / "elton"), "put", "bench/thesis", str(writer / "thesis.bin")], timeout=600)
+    version = int(out.stdout.strip().rsplit("@", 1)[1])
+    readers = ["c2h1", "c2h2", "c2h3"]
+    before = wan_in(h)
+    for _ in range(3):
+        for r in readers:
+            get(h, r, "bench/thesis", version)
+    elton = wan_in(h) - before
+    server = h.popen("c1h2", [sys.executable, "-m", "http.server", "8080", "--bind", h.address("c1h2"),
+                              "--directory", str(writer)])
+    try:
+        import time
+
+        time.sleep(1.0)
+        before = wan_in(h)
+        for _ in range(3):
+            for r in readers:
+                got = h.exec(r, ["curl", "-sS", "-f", "-o", "/dev/null", f"http://{h.address('c1h2')}:8080/thesis.bin"],
+                             timeout=600)
+                if got.returncode != 0:
+                    raise SystemExit(f"central read failed: {got.stderr}")
+        central = wan_in(h) - before
+    finally:
+        server.terminate()
+    return {"elton": elton, "central": central}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024)
@@ -57,9 +91,10 @@ def main() -> int:
             res["wan"].append(get(h, "c2h2", "bench/wan", w))
             res["warm"].append(get(h, "c2h2", "bench/wan", w))
             print({k: f"{x[-1] / 1e6:.0f} MB/s" for k, x in res.items()}, file=sys.stderr)
+        thesis = thesis_bytes(h, writer)
     med = {k: statistics.median(x) for k, x in res.items()}
     link = rate_to_bits(args.wan_rate) / 8
-    report = {"median_bytes_per_s": med, "all": res, "wan_rate_bytes_per_s": link,
+    report = {"median_bytes_per_s": med, "all": res, "wan_rate_bytes_per_s": link, "thesis": thesis,
               "cluster_vs_local": med["cluster"] / med["local"], "wan_vs_link": med["wan"] / link}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
@@ -70,6 +105,11 @@ def main() -> int:
 | cold, from another host of the cluster | {med['cluster'] / 1e6:.0f} MB/s | {report['cluster_vs_local']:.0%} of the local GET |
 | cold, across a {args.wan_rate} WAN link ({args.wan_size_mib} MiB) | {med['wan'] / 1e6:.1f} MB/s | {report['wan_vs_link']:.0%} of the link |
 | warm, from the reader's cache | {med['warm'] / 1e6:.0f} MB/s | |
+
+| 64 MiB written in cluster 1, read 3 times by each of 3 hosts of cluster 2 | bytes into cluster 2 |
+|---|---|
+| Elton (reads through each host's eltond) | {thesis['elton'] / 2**20:.1f} MiB |
+| one central server (every read from cluster 1) | {thesis['central'] / 2**20:.1f} MiB |
 """)
     return 0
 
