@@ -62,6 +62,7 @@ def test_cheaper_cluster_chosen_corrupt_copy_skipped_dead_holder_replaced(tmp_pa
             m2 = await a1.put("two", second)
             await wait_known(c0, m2, "a")
             assert await c0.read("one") == first and await c0.read("two") == second  # now held in a and c
+            await wait_known(b1, m1, "c")
             await wait_known(b1, m2, "c")
 
             # c is cheaper for b; c0 serves one chunk of "one" corrupted: it must never reach the reader
