@@ -332,6 +332,9 @@ class Repository:
         """``read_range``, fetching from the mesh the chunks this node lacks (in order, verified)."""
         wanted = slices(manifest, start, end)
         missing = [s.chunk for s in wanted if not self.chunks.has(s.chunk.hash)]
+        metrics = getattr(self.remote, "metrics", None)
+        if metrics is not None:  # the remote counts what it fetches (misses); hits are ours to count
+            metrics.cache_hits += len(wanted) - len(missing)
         if not missing or self.remote is None:
             async for data in self.read_range(manifest, start, end):
                 yield data

@@ -99,6 +99,12 @@ class MetaStore:
             self._commit(batch)
 
     def _commit(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]) -> None:
+        # A caller that was cancelled while queued has no operation to run; claiming the others
+        # (running) means nobody can cancel them now, so setting their results cannot fail and
+        # kill this thread.
+        batch = [(op, fut) for op, fut in batch if fut.set_running_or_notify_cancel()]
+        if not batch:
+            return
         conn = self._writer
         results: list[tuple[Future[Any], bool, Any]] = []
         try:

@@ -1,0 +1,30 @@
+"""MetaStore: group commit survives callers that give up."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from mesh.store.meta import MetaStore, record_chunks
+
+
+def test_a_cancelled_writer_does_not_kill_the_writer_thread(tmp_path):
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    gate = threading.Event()
+
+    def slow(conn):  # holds the writer so the next operations queue behind it
+        gate.wait(5)
+
+    async def main() -> None:
+        blocker = asyncio.ensure_future(meta.write(slow))
+        await asyncio.sleep(0.05)
+        doomed = asyncio.ensure_future(meta.write(record_chunks([("a" * 64, 1)])))
+        await asyncio.sleep(0.05)
+        doomed.cancel()
+        gate.set()
+        await blocker
+        await asyncio.wait_for(meta.write(record_chunks([("b" * 64, 2)])), 5)
+
+    asyncio.run(main())
+    assert meta.has_chunks(["a" * 64, "b" * 64]) == {"b" * 64}, "the cancelled write was not carried out"
+    meta.close()
