@@ -290,17 +290,19 @@ class MeshRemote:
     # -- chunks -------------------------------------------------------------------------------------------
 
     async def fetch(self, manifest: Manifest | None, refs: list[ChunkRef]) -> AsyncIterator[bytes]:
-        read = _Read(self, refs)
+        # The version's author held every chunk when it committed: a candidate even before its
+        # holder reports reach the masters (a read right after a commit elsewhere).
+        read = _Read(self, refs, hint=manifest.author if manifest is not None else None)
         self.metrics.cache_misses += len(refs)
         ok = False
         try:
             await read.start()
-            for _ in range(len(refs)):
+            for i in range(len(refs)):
                 item = await read.out.get()
                 if isinstance(item, BaseException):
                     raise item
+                ok = i == len(refs) - 1  # every chunk handed over: a reader may stop right after the last
                 yield item
-            ok = True
         finally:
             self.metrics.reads["ok" if ok else "failed"] += 1
             await read.close()
@@ -309,9 +311,10 @@ class MeshRemote:
 class _Read:
     """One ``fetch``: a FetchPlanner and the workers that carry out its effects."""
 
-    def __init__(self, remote: MeshRemote, refs: list[ChunkRef]) -> None:
+    def __init__(self, remote: MeshRemote, refs: list[ChunkRef], hint: str | None = None) -> None:
         self.r = remote
         self.refs = refs
+        self.hint = hint
         self.hashes = {ref.hash for ref in refs}
         self.loop = asyncio.get_running_loop()
         self.planner: FetchPlanner | None = None
@@ -339,6 +342,11 @@ class _Read:
 
     async def start(self) -> None:
         known = await self.r.holders.lookup(sorted(self.hashes))
+        author = self.r.holders._members.get(self.hint) if self.hint and self.hint != self.r.id else None
+        if author is not None and self.r.holders.alive(author.id):
+            for hosts in known.values():
+                if all(x.node != author.id for x in hosts):
+                    hosts.append(Host(author.id, author.cluster))
         for h, hosts in known.items():
             self.told[h].update(x.node for x in hosts)
         self.planner = FetchPlanner(self.r.local, self.refs, self.r.model, self.loop.time(), self.r.config, known)

@@ -26,6 +26,7 @@ from mesh.core.manifest import ChunkRef, Draft, Manifest, chunk_hash, issue
 from mesh.errors import (
     ChunkMissing,
     Conflict,
+    EltonError,
     IncompleteUpload,
     InvalidRequest,
     KeyNotFound,
@@ -126,6 +127,8 @@ class Repository:
         self.before_issue: Callable[[list[ChunkRef]], Awaitable[object]] | None = None
         # Told of every chunk this host starts to hold, so the mesh knows where to fetch it
         self.on_stored: Callable[[list[tuple[str, int]]], None] | None = None
+        self._fetching: dict[str, asyncio.Future[bytes]] = {}  # chunk -> its one fetch on this host
+        self._fetch_tasks: set[asyncio.Task[None]] = set()
         self.chunks = ChunkStore(data_dir / "chunks")
         self.meta = MetaStore(data_dir / "meta.sqlite")
         self.executor = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
@@ -329,39 +332,66 @@ class Repository:
         return self.meta.versions(key, limit, before)
 
     async def read_range_anywhere(self, manifest: Manifest, start: int, end: int) -> AsyncIterator[bytes]:
-        """``read_range``, fetching from the mesh the chunks this node lacks (in order, verified)."""
+        """``read_range``, fetching from the mesh the chunks this node lacks (in order, verified).
+
+        Concurrent reads on this host share one fetch per chunk: a chunk already being fetched for
+        another read is waited for, not fetched again (one WAN transfer per chunk per host, and the
+        cluster's master makes it one per cluster)."""
         wanted = slices(manifest, start, end)
-        missing = [s.chunk for s in wanted if not self.chunks.has(s.chunk.hash)]
+        missing = _unique([s.chunk for s in wanted if not self.chunks.has(s.chunk.hash)])
         metrics = getattr(self.remote, "metrics", None)
         if metrics is not None:  # the remote counts what it fetches (misses); hits are ours to count
-            metrics.cache_hits += len(wanted) - len(missing)
+            metrics.cache_hits += len(wanted) - len([s for s in wanted if s.chunk in missing])
         if not missing or self.remote is None:
             async for data in self.read_range(manifest, start, end):
                 yield data
             return
-        fetched = self.remote.fetch(manifest, _unique(missing))
-        uses = Counter(s.chunk.hash for s in wanted)  # a fetched chunk is kept until its last use
-        pending: dict[str, bytes] = {}
+        loop = asyncio.get_running_loop()
+        mine = [r for r in missing if r.hash not in self._fetching]
+        for r in mine:
+            self._fetching[r.hash] = loop.create_future()
+        waits = {r.hash: self._fetching[r.hash] for r in missing}
+        if mine:
+            task = loop.create_task(self._fetch_into(manifest, mine))
+            self._fetch_tasks.add(task)
+            task.add_done_callback(self._fetch_tasks.discard)
+        uses = Counter(s.chunk.hash for s in wanted)
+        for s in wanted:
+            h = s.chunk.hash
+            fut = waits.get(h)
+            data = await asyncio.shield(fut) if fut is not None else await self.read_chunk(h)
+            uses[h] -= 1
+            if uses[h] == 0:
+                waits.pop(h, None)  # let the bytes go once this read is past their last use
+            yield data if (s.start, s.end) == (0, len(data)) else data[s.start : s.end]
+
+    async def _fetch_into(self, manifest: Manifest, refs: list[ChunkRef]) -> None:
+        """Fetch ``refs`` from the mesh and hand each to the reads waiting for it; runs to the end even
+        when the read that started it is gone (what it fetched is stored and serves the others)."""
+        assert self.remote is not None
+        left = {r.hash for r in refs}
         try:
-            for s in wanted:
-                h = s.chunk.hash
-                if h in pending:
-                    data = pending[h]
-                elif self.chunks.has(h):
-                    data = await self.read_chunk(h)
-                else:
-                    while h not in pending:
-                        got = await fetched.__anext__()
-                        pending[chunk_hash(got)] = got
-                    data = pending[h]
-                uses[h] -= 1
-                if uses[h] == 0:
-                    pending.pop(h, None)
-                yield data if (s.start, s.end) == (0, len(data)) else data[s.start : s.end]
+            async for data in self.remote.fetch(manifest, refs):
+                h = chunk_hash(data)
+                left.discard(h)
+                fut = self._fetching.pop(h, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(data)
+        except BaseException as exc:
+            err = exc if isinstance(exc, EltonError) else Unavailable(f"fetch failed: {type(exc).__name__}")
+            self._fail(left, err)
+            if not isinstance(exc, Exception):
+                raise
         finally:
-            close = getattr(fetched, "aclose", None)
-            if close is not None:
-                await close()
+            self._fail(left, None)
+
+    def _fail(self, hashes: set[str], err: EltonError | None) -> None:
+        """Fail the waits of chunks a fetch did not deliver (ChunkMissing unless ``err`` says why)."""
+        for h in hashes:
+            fut = self._fetching.pop(h, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(err or ChunkMissing(h))
+                fut.exception()  # marked as seen: a wait nobody awaits any more must not warn
 
     async def read_range(self, manifest: Manifest, start: int, end: int) -> AsyncIterator[bytes]:
         """Yield the verified bytes [start, end) of a version, reading a few chunks ahead."""
@@ -383,4 +413,3 @@ class Repository:
         finally:
             for _, fut in pending:
                 fut.cancel()
-
