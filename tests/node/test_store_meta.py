@@ -21,6 +21,7 @@ def test_a_cancelled_writer_does_not_kill_the_writer_thread(tmp_path):
         doomed = asyncio.ensure_future(meta.write(record_chunks([("a" * 64, 1)])))
         await asyncio.sleep(0.05)
         doomed.cancel()
+        await asyncio.sleep(0.05)  # the cancellation reaches the writer's future in a loop callback
         gate.set()
         await blocker
         await asyncio.wait_for(meta.write(record_chunks([("b" * 64, 2)])), 5)
