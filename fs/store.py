@@ -114,8 +114,12 @@ class Store:
         with lock:
             if not path.exists():
                 def write(f: BinaryIO) -> None:
-                    for h, size in chunks:
-                        data = self.client.get_chunk(h, size)
+                    # one streamed request for the whole file: the node fetches what it lacks in one
+                    # pipelined mesh read (chunk by chunk, each would pay a lookup and a handshake)
+                    stream = getattr(self.client, "stream_chunks", None)
+                    pieces = (stream(list(chunks)) if stream is not None and chunks
+                              else (self.client.get_chunk(h, size) for h, size in chunks))
+                    for (h, size), data in zip(chunks, pieces, strict=True):
                         if len(data) != size:
                             raise CorruptChunk(f"chunk {h} has {len(data)} bytes, not {size}")
                         f.write(data)

@@ -332,18 +332,26 @@ class Repository:
         return self.meta.versions(key, limit, before)
 
     async def read_range_anywhere(self, manifest: Manifest, start: int, end: int) -> AsyncIterator[bytes]:
-        """``read_range``, fetching from the mesh the chunks this node lacks (in order, verified).
+        """``read_range``, fetching from the mesh the chunks this node lacks (in order, verified)."""
+        async for data in self._read_slices(manifest, slices(manifest, start, end)):
+            yield data
 
-        Concurrent reads on this host share one fetch per chunk: a chunk already being fetched for
+    async def stream_chunks(self, refs: list[ChunkRef]) -> AsyncIterator[bytes]:
+        """The verified bytes of ``refs`` in order, from here or the mesh, with one fetch for all the
+        missing ones (eltonfs reads a lower file's chunk list this way)."""
+        async for data in self._read_slices(None, [Slice(r, 0, r.size) for r in refs]):
+            yield data
+
+    async def _read_slices(self, manifest: Manifest | None, wanted: list[Slice]) -> AsyncIterator[bytes]:
+        """Concurrent reads on this host share one fetch per chunk: a chunk already being fetched for
         another read is waited for, not fetched again (one WAN transfer per chunk per host, and the
         cluster's master makes it one per cluster)."""
-        wanted = slices(manifest, start, end)
         missing = _unique([s.chunk for s in wanted if not self.chunks.has(s.chunk.hash)])
         metrics = getattr(self.remote, "metrics", None)
         if metrics is not None:  # the remote counts what it fetches (misses); hits are ours to count
             metrics.cache_hits += len(wanted) - len([s for s in wanted if s.chunk in missing])
         if not missing or self.remote is None:
-            async for data in self.read_range(manifest, start, end):
+            async for data in self._read_local(wanted):
                 yield data
             return
         loop = asyncio.get_running_loop()
@@ -394,10 +402,14 @@ class Repository:
                 fut.exception()  # marked as seen: a wait nobody awaits any more must not warn
 
     async def read_range(self, manifest: Manifest, start: int, end: int) -> AsyncIterator[bytes]:
-        """Yield the verified bytes [start, end) of a version, reading a few chunks ahead."""
+        """Yield the verified bytes [start, end) of a version held here, reading a few chunks ahead."""
+        async for data in self._read_local(slices(manifest, start, end)):
+            yield data
+
+    async def _read_local(self, wanted: list[Slice]) -> AsyncIterator[bytes]:
         pending: deque[tuple[Slice, asyncio.Future[bytes]]] = deque()
         loop = asyncio.get_running_loop()
-        todo = iter(slices(manifest, start, end))
+        todo = iter(wanted)
         try:
             for s in todo:
                 pending.append((s, loop.run_in_executor(self.executor, self.chunks.read, s.chunk.hash)))

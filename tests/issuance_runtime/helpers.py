@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from mesh.errors import EltonError
 from mesh.runtime.gossip import GossipService
 from mesh.runtime.issuance import IssuanceSettings, IssuerService
 from mesh.store.meta import MetaStore
+from tests.membership.runtime_helpers import wait_for
 
 GOSSIP = Config.local()
 SETTINGS = IssuanceSettings(replicas=3, replica_scope="mesh", commit_timeout=2.0, retry_interval=0.1,
@@ -35,13 +35,6 @@ def ip(i: int) -> str:
     return f"127.0.0.{i + 1}"
 
 
-async def wait_for(predicate: Callable[[], bool], limit: float, what: str = "condition") -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > limit:
-            raise AssertionError(f"{what} not reached within {limit} s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 @dataclass

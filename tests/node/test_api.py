@@ -209,3 +209,18 @@ def test_reads_then_commits_on_one_connection_never_commit_twice(shared_eltond):
         assert c.put("keepalive/k", f"{i}".encode())["version"] == i + 1
         assert c.read("keepalive/k") == f"{i}".encode()
     assert [v["version"] for v in c.versions("keepalive/k")] == list(range(30, 0, -1))
+
+
+def test_chunk_stream_returns_chunks_in_order_and_refuses_bad_lists(shared_eltond):
+    c = shared_eltond.client()
+    data = random.Random(5).randbytes(5 * 1024 * 1024)
+    m = c.put("stream/k", data)
+    refs = [(ch["hash"], ch["size"]) for ch in c.manifest("stream/k", m["version"])["chunks"]]
+    assert b"".join(c.stream_chunks(refs + refs[:1])) == data + data[: refs[0][1]]
+    resp, body = raw(shared_eltond, "POST", "/v1/chunks/stream", json.dumps({"chunks": [["0" * 64, 0]]}).encode(),
+                     {"Content-Type": "application/json"})
+    assert resp.status == 400 and "with its size" in json.loads(body)["message"]
+    missing = chunk_hash(b"nobody has this")
+    resp, body = raw(shared_eltond, "POST", "/v1/chunks/stream", json.dumps({"chunks": [[missing, 15]]}).encode(),
+                     {"Content-Type": "application/json"})
+    assert resp.status == 404
