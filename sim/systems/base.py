@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,7 @@ class Context:
 Done = Callable[[bool, int], None]  # (ok, version)
 
 
-class System:
+class System(ABC):
     """A storage system under test. ``write`` and ``read`` call ``done(ok, version)`` once."""
 
     name = "base"
@@ -48,16 +49,18 @@ class System:
         self.ctx = ctx
 
     def start(self) -> None:
-        """Arm periodic work (gossip) before the first operation."""
+        """Arm periodic work (gossip) before the first operation; none by default."""
+        return None
 
-    def write(self, op: Op, done: Done) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def write(self, op: Op, done: Done) -> None: ...
 
-    def read(self, op: Op, done: Done) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def read(self, op: Op, done: Done) -> None: ...
 
     def host_changed(self, host: Host) -> None:
-        """A host crashed (``host.up`` is False) or restarted."""
+        """A host crashed (``host.up`` is False) or restarted; nothing to do by default."""
+        return None
 
     def report(self) -> dict[str, Any]:
         """System-specific figures for the report."""
