@@ -123,6 +123,32 @@ def token_middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[w
     return check
 
 
+async def stream_body(request: web.Request, resp: web.StreamResponse, chunks: AsyncIterator[bytes],
+                      what: str) -> web.StreamResponse:
+    """Send verified chunks as a response body.
+
+    The first chunk is read and verified before the status line goes out, so a missing or corrupt
+    small object gets a clean error; a later bad chunk cuts the connection (the client sees a
+    short body) and its bytes are never sent."""
+    try:
+        first = await chunks.__anext__()
+        await resp.prepare(request)
+        await resp.write(first)
+        async for data in chunks:
+            await resp.write(data)
+    except EltonError as exc:
+        if not resp.prepared:
+            raise
+        log.error("aborting %s mid-body: %s", what, exc.message)
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    await resp.write_eof()
+    return resp
+
+
 def member_json(m: Any) -> dict[str, Any]:
     return {"id": m.id, "cluster": m.cluster, "role": m.role, "address": f"{m.gossip[0]}:{m.gossip[1]}",
             "http": m.http, "state": m.state.value, "incarnation": m.incarnation,
@@ -323,26 +349,8 @@ class Api:
             await resp.prepare(request)
             await resp.write_eof()
             return resp
-        chunks = self.repo.read_range_anywhere(manifest, start, end)
-        try:
-            # The first chunk is read and verified before the status line goes out, so a corrupt
-            # small object gets a clean error; a later corrupt chunk aborts the connection instead.
-            first = await chunks.__anext__()
-            await resp.prepare(request)
-            await resp.write(first)
-            async for data in chunks:
-                await resp.write(data)
-        except EltonError as exc:
-            if not resp.prepared:
-                raise
-            log.error("aborting %s@%d mid-body: %s", key, manifest.version, exc.message)
-            if request.transport is not None:
-                request.transport.close()
-            return resp
-        finally:
-            await chunks.aclose()
-        await resp.write_eof()
-        return resp
+        return await stream_body(request, resp, self.repo.read_range_anywhere(manifest, start, end),
+                                 f"{key}@{manifest.version}")
 
     async def list_versions(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
@@ -443,24 +451,7 @@ class Api:
             raise InvalidRequest(f"chunk stream body: {exc}") from exc
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
                                            "Content-Length": str(sum(r.size for r in refs))})
-        chunks = self.repo.stream_chunks(refs)
-        try:
-            first = await chunks.__anext__()  # a missing first chunk is still a clean error
-            await resp.prepare(request)
-            await resp.write(first)
-            async for data in chunks:
-                await resp.write(data)
-        except EltonError as exc:
-            if not resp.prepared:
-                raise
-            log.error("aborting a chunk stream: %s", exc.message)
-            if request.transport is not None:
-                request.transport.close()
-            return resp
-        finally:
-            await chunks.aclose()
-        await resp.write_eof()
-        return resp
+        return await stream_body(request, resp, self.repo.stream_chunks(refs), "a chunk stream")
 
     async def missing_chunks(self, request: web.Request) -> web.Response:
         try:
