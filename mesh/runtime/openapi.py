@@ -69,6 +69,28 @@ OPENAPI: dict[str, Any] = {
                     "responses": {"200": {"description": "already stored"},
                                   "201": {"description": "stored"}, **_ERRORS}},
         },
+        "/v1/chunks/stream": {"post": {
+            "summary": "The bytes of a list of chunks, in order; chunks missing here are fetched from the mesh",
+            "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "properties": {"chunks": {"type": "array", "items": {
+                    "type": "array", "prefixItems": [{"type": "string"}, {"type": "integer", "minimum": 1}]}}}}}}},
+            "responses": {"200": {"description": "bytes", "content": _BYTES}, **_ERRORS}}},
+        "/v1/pending": {"get": {"summary": "Commits kept here until their key's home is reachable",
+                                "responses": {"200": {"description": "pending commits"}}}},
+        "/v1/where/{key}": {"get": {"summary": "A key's home, replicas, latest version and holders",
+                                    "parameters": [_KEY], "responses": {"200": {"description": "placement"},
+                                                                        **_ERRORS}}},
+        "/v1/members": {"get": {"summary": "The membership view",
+                                "responses": {"200": {"description": "members"}}}},
+        "/v1/mesh": {"get": {"summary": "Mesh id, member counts, dropped messages by reason",
+                             "responses": {"200": {"description": "mesh"}}}},
+        "/v1/mesh/token": {"post": {"summary": "A join token (on the host holding the admin key)",
+                                    "responses": {"200": {"description": "token"}, "401": _ERR}}},
+        "/v1/mesh/remove": {"post": {"summary": "Revoke a host", "responses": {"200": {"description": "removed"},
+                                                                             "400": _ERR, "401": _ERR}}},
+        "/v1/metrics": {"get": {"summary": "Fetch counters, Prometheus text format",
+                                "responses": {"200": {"description": "metrics"}}}},
+        "/v1/stats": {"get": {"summary": "Fetch counters as JSON", "responses": {"200": {"description": "stats"}}}},
         "/v1/chunks/missing": {"post": {
             "summary": "Which of these chunks this node lacks",
             "requestBody": {"content": {"application/json": {"schema": {
