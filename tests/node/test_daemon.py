@@ -133,23 +133,25 @@ def test_env_sets_the_http_address(tmp_path):
 @pytest.mark.slow
 def test_kill9_during_put_leaves_no_partial_version(tmp_path):
     d = EltondProcess(tmp_path / "n").start()
-    d.client().put("crash/k", b"version one")
-    u = urlsplit(d.url)
-    s = socket.create_connection((u.hostname, u.port))
-    s.sendall(b"PUT /v1/keys/crash/k HTTP/1.1\r\nHost: x\r\nContent-Length: 200000000\r\n\r\n")
-    block = os.urandom(1 << 20)
-    for _ in range(60):  # 60 MiB in: chunks are on disk, no version yet
-        s.sendall(block)
-    time.sleep(0.3)
-    d.kill9()
-    s.close()
-    d.start()
-    c = d.client()
-    assert [v["version"] for v in c.versions("crash/k")] == [1]
-    assert c.read("crash/k") == b"version one"
-    assert list((tmp_path / "n" / "chunks" / "tmp").iterdir()) == []
-    assert c.put("crash/k", b"version two")["version"] == 2
-    d.stop()
+    try:
+        d.client().put("crash/k", b"version one")
+        u = urlsplit(d.url)
+        s = socket.create_connection((u.hostname, u.port))
+        s.sendall(b"PUT /v1/keys/crash/k HTTP/1.1\r\nHost: x\r\nContent-Length: 200000000\r\n\r\n")
+        block = os.urandom(1 << 20)
+        for _ in range(60):  # 60 MiB in: chunks are on disk, no version yet
+            s.sendall(block)
+        time.sleep(0.3)
+        d.kill9()
+        s.close()
+        d.start()
+        c = d.client()
+        assert [v["version"] for v in c.versions("crash/k")] == [1]
+        assert c.read("crash/k") == b"version one"
+        assert list((tmp_path / "n" / "chunks" / "tmp").iterdir()) == []
+        assert c.put("crash/k", b"version two")["version"] == 2
+    finally:
+        d.stop()
 
 
 def _chunk_path(data_dir: Path, h: str) -> Path:
