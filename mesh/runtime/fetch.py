@@ -342,7 +342,7 @@ class _Read:
 
     async def start(self) -> None:
         known = await self.r.holders.lookup(sorted(self.hashes))
-        author = self.r.holders._members.get(self.hint) if self.hint and self.hint != self.r.id else None
+        author = self.r.holders.member(self.hint) if self.hint and self.hint != self.r.id else None
         if author is not None and self.r.holders.alive(author.id):
             for hosts in known.values():
                 if all(x.node != author.id for x in hosts):

@@ -62,7 +62,7 @@ class HolderService:
         self.is_master = gossip.role in MASTER_ROLES
         self.poll_interval = poll_interval
         # the epoch must grow across restarts (a new epoch starts with a full report): wall-clock ms
-        self.reporter = HolderReporter(epoch=int(time.time() * 1000), chunks=chunks, now=self._now(),
+        self.reporter = HolderReporter(epoch=int(time.time() * 1000), chunks=chunks, now=self.now(),
                                        delta_interval=delta_interval, heartbeat=heartbeat)
         self.index = HolderIndex(ttl=ttl) if self.is_master else None
         self.coalescer = WanCoalescer(self.index, lease=lease) if self.is_master else None
@@ -93,7 +93,8 @@ class HolderService:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _now(self) -> float:
+    def now(self) -> float:
+        """The clock the holder cores run on (monotonic; the HTTP API reads the index with it)."""
         return time.monotonic()
 
     def _count(self, what: str, n: int = 1) -> None:
@@ -121,7 +122,7 @@ class HolderService:
         """Re-read membership: forget hosts that died or left, keep the index's leases of live ones."""
         members = self.gossip.members()
         self._members = {m.id: m for m in members}
-        now = self._now()
+        now = self.now()
         gone = {m.id for m in members if m.state not in LIVE}
         for node in gone - self._gone:
             self.forget(node)
@@ -134,7 +135,7 @@ class HolderService:
     def forget(self, node: str) -> None:
         if self.index is not None and self.coalescer is not None:
             self.index.forget(node)
-            self.coalescer.forget(node, self._now())
+            self.coalescer.forget(node, self.now())
             self._flush_coalescer()
         for listener in list(self._dead_listeners):
             listener(node)
@@ -192,7 +193,7 @@ class HolderService:
 
     async def _send_reports(self) -> None:
         async with self._report_lock:
-            self.reporter.handle_timer(self._now())
+            self.reporter.handle_timer(self.now())
             reports = self.reporter.drain()
             if not reports:
                 return
@@ -227,7 +228,7 @@ class HolderService:
 
     def _receive_report(self, node: str, report: HolderReport) -> bool:
         assert self.index is not None
-        self.index.receive(node, report, self._now())
+        self.index.receive(node, report, self.now())
         wants_full = False
         for ask in self.index.drain():
             if ask.dest == self.id:
@@ -244,7 +245,7 @@ class HolderService:
     async def _on_who(self, request: StreamRequest) -> Any:
         assert self.index is not None
         query = WhoHolds.from_wire(request.body)
-        return self.index.answer(query, self.cluster, self._now()).to_wire()
+        return self.index.answer(query, self.cluster, self.now()).to_wire()
 
     async def _on_drop(self, request: StreamRequest) -> Any:
         assert self.index is not None
@@ -265,7 +266,7 @@ class HolderService:
     def _coalesce(self, node: str, msg: WanClaim | WanDone) -> list[CoalesceReply]:
         """Feed the coalescer; return its messages for ``node`` and send the others as notices."""
         assert self.coalescer is not None
-        self.coalescer.receive(node, msg, self._now())
+        self.coalescer.receive(node, msg, self.now())
         return self._flush_coalescer(keep_for=node)
 
     def _flush_coalescer(self, keep_for: str | None = None) -> list[CoalesceReply]:
@@ -294,7 +295,7 @@ class HolderService:
     def _master_timers(self) -> None:
         if self.index is None or self.coalescer is None:
             return
-        now = self._now()
+        now = self.now()
         self.index.handle_timer(now)
         self.index.drain()  # full-report requests only come as report replies
         deadline = self.coalescer.next_deadline()
@@ -359,7 +360,7 @@ class HolderService:
     async def _lookup_cluster(self, cluster: str, chunks: list[str]) -> dict[str, tuple[str, ...]]:
         masters = self.masters(cluster)
         if cluster == self.cluster and self.index is not None:
-            return {c: tuple(self.index.holders(c, self._now())) for c in chunks}
+            return {c: tuple(self.index.holders(c, self.now())) for c in chunks}
         masters.sort(key=lambda m: (m.rtt if m.rtt is not None else 1e9, m.id))
         for m in masters[:3]:
             out: dict[str, tuple[str, ...]] = {}

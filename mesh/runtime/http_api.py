@@ -258,7 +258,7 @@ class Api:
             found.append(self.repo.identity.node_id)
         index = self.holders.index if self.holders is not None else None
         if index is not None and hashes:
-            now = self.holders._now()
+            now = self.holders.now()
             common = set.intersection(*(set(index.holders(h, now)) for h in hashes))
             found += sorted(common - set(found))
         return found
