@@ -24,6 +24,8 @@ Driving it::
     index = HolderIndex(ttl=30.0)
     index.receive(node, report, now)                # a HolderReport from a node of this cluster
     index.touch(node, now) / index.forget(node)     # failure detector: alive / dead
+    index.add(node, chunk, now)                     # first-hand (its WAN pull finished): kept even
+                                                    # against a full report that left the node before
     index.holders(chunk, now) -> list[node]
     index.answer(WhoHolds(chunks), cluster, now) -> Holders   # a node or another master asks
     index.handle_timer(now); index.drain()          # -> [RequestFullReport(dest)]
@@ -41,7 +43,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.core.keys import validate_key
@@ -212,15 +214,19 @@ class _NodeRecord:
     expires: float
     pending: set[str] | None = None  # a full report being received
     asked_full_at: float | None = None
+    first_hand: dict[str, float] = field(default_factory=dict)  # chunk -> when ``add`` recorded it
 
 
 class HolderIndex:
     """A master's view of which nodes of its cluster hold which chunks."""
 
     def __init__(self, ttl: float = 30.0, *, resync_interval: float = 5.0, max_nodes: int = MAX_NODES,
-                 max_chunks_per_node: int = MAX_CHUNKS_PER_NODE) -> None:
+                 max_chunks_per_node: int = MAX_CHUNKS_PER_NODE, first_hand_grace: float = 10.0) -> None:
         self.ttl = ttl
         self.resync_interval = resync_interval
+        # a first-hand ``add`` outlives a full report for this long: that report may have left the
+        # node before the chunk arrived, and forgetting the copy would grant a second WAN pull
+        self.first_hand_grace = first_hand_grace
         self.max_nodes = max_nodes
         self.max_chunks_per_node = max_chunks_per_node
         self._nodes: OrderedDict[str, _NodeRecord] = OrderedDict()  # in order of expiry (ttl is fixed)
@@ -284,10 +290,14 @@ class HolderIndex:
                 rec.pending = None
                 raise ProtocolError("too_many_chunks", f"{node} reports more than {self.max_chunks_per_node}")
             if report.last:
-                self._set_chunks(node, rec, rec.pending)
+                recent = {h for h, t in rec.first_hand.items() if now - t < self.first_hand_grace}
+                rec.first_hand = {h: rec.first_hand[h] for h in recent}
+                self._set_chunks(node, rec, rec.pending | recent)
                 rec.pending = None
                 rec.asked_full_at = None
         else:
+            for h in (*report.added, *report.removed):  # the node's own word now stands for these
+                rec.first_hand.pop(h, None)
             chunks = (rec.chunks | set(report.added)) - set(report.removed)
             if len(chunks) > self.max_chunks_per_node:
                 raise ProtocolError("too_many_chunks", f"{node} reports more than {self.max_chunks_per_node}")
@@ -296,14 +306,21 @@ class HolderIndex:
     def add(self, node: str, chunk: str, now: float) -> None:
         """Record a holder we learned of first-hand (e.g. a WAN transfer it finished), ahead of its report."""
         rec = self._nodes.get(node)
-        if rec is not None and chunk not in rec.chunks and len(rec.chunks) < self.max_chunks_per_node:
+        if rec is None:  # its first report is still on the way: hold the place until it comes
+            if len(self._nodes) >= self.max_nodes:
+                return
+            rec = self._nodes[node] = _NodeRecord(-1, 0, set(), now + self.ttl)
+        if chunk not in rec.chunks and len(rec.chunks) < self.max_chunks_per_node:
             self._set_chunks(node, rec, rec.chunks | {chunk})
+            if len(rec.first_hand) < MAX_REPORT_CHUNKS:
+                rec.first_hand[chunk] = now
 
     def drop(self, node: str, chunk: str) -> None:
         """A fetch found ``chunk`` missing at ``node``: forget that one record until the node reports it."""
         rec = self._nodes.get(node)
         if rec is not None and chunk in rec.chunks:
             self._set_chunks(node, rec, rec.chunks - {chunk})
+            rec.first_hand.pop(chunk, None)
 
     def touch(self, node: str, now: float) -> None:
         rec = self._nodes.get(node)

@@ -162,3 +162,52 @@ def test_who_holds_answer_and_wire() -> None:
         Holders.from_wire({"t": "holders_of", "k": "", "e": []})
     with pytest.raises(ProtocolError):
         Holders.from_wire({"t": "holders_of", "k": "dc1", "e": [[H[0], [1]]]})
+
+
+def test_a_full_report_sent_before_a_first_hand_add_does_not_erase_it() -> None:
+    """A node finishes a WAN pull (the master records it at once) while a full report it emitted
+    earlier is still on the way: that report must not make the cluster forget the new copy, or the
+    next reader is granted a second WAN pull of the same chunk."""
+    r, ix = HolderReporter(epoch=1, chunks=H[:2]), HolderIndex(ttl=30)
+    pump(r, ix, "n1", 0.0)
+    r.request_full()
+    r.handle_timer(1.0)
+    in_flight = r.drain()  # the full report, emitted before the pull finished
+    r.added(H[9])
+    ix.add("n1", H[9], 1.5)  # WanDone(ok) reached the master first
+    for report in in_flight:
+        ix.receive("n1", report, 1.6)
+    assert ix.holders(H[9], 1.6) == ["n1"]
+    pump(r, ix, "n1", 3.0)  # the delta that names it arrives as usual
+    assert ix.holders(H[9], 3.0) == ["n1"]
+
+
+def test_a_first_hand_add_is_dropped_by_a_later_report_that_removes_it() -> None:
+    r, ix = HolderReporter(epoch=1, chunks=H[:2]), HolderIndex(ttl=30)
+    pump(r, ix, "n1", 0.0)
+    ix.add("n1", H[9], 1.0)
+    r.added(H[9])
+    pump(r, ix, "n1", 2.0)
+    r.removed(H[9])  # evicted later: a report that says so wins over the first-hand record
+    pump(r, ix, "n1", 4.0)
+    assert ix.holders(H[9], 4.0) == []
+
+
+def test_a_first_hand_add_before_the_nodes_first_report_is_kept_and_the_report_still_accepted() -> None:
+    ix = HolderIndex(ttl=30)
+    ix.add("n1", H[9], 0.0)
+    assert ix.holders(H[9], 0.0) == ["n1"]
+    r = HolderReporter(epoch=7, chunks=[H[1], H[9]])
+    pump(r, ix, "n1", 0.5)
+    assert ix.chunks_of("n1") == {H[1], H[9]}
+    assert ix.holders(H[9], 40.0) == []  # and the lease still lapses without reports
+
+
+def test_a_chunk_found_missing_is_dropped_even_if_first_hand() -> None:
+    r, ix = HolderReporter(epoch=1), HolderIndex(ttl=30)
+    pump(r, ix, "n1", 0.0)
+    ix.add("n1", H[9], 1.0)
+    ix.drop("n1", H[9])
+    r.request_full()
+    pump(r, ix, "n1", 2.0)
+    assert ix.holders(H[9], 2.0) == []
