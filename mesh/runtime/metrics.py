@@ -69,7 +69,8 @@ def render_prometheus(m: FetchMetrics, wan_grants: int | None = None) -> str:
         lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
             inner = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-            lines.append(f"{name}{{{inner}}} {value:g}" if inner else f"{name} {value:g}")
+            text = str(int(value)) if float(value).is_integer() else repr(float(value))  # bytes stay exact
+            lines.append(f"{name}{{{inner}}} {text}" if inner else f"{name} {text}")
 
     family("elton_fetch_bytes_total", "Chunk bytes fetched by this host, by link class.",
            [({"link": k}, v) for k, v in sorted(m.bytes_by_link.items())])
