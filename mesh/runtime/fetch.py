@@ -16,8 +16,10 @@ across clusters, at most ``max_parallel`` at once, each with the planner's deadl
 dones go to the cluster's coalescing master through a second, ordered worker, and each verified
 chunk is written to the ChunkStore (no fsync: a torn cached copy fails its hash on read and is
 fetched again), recorded in the metadata and reported as held before anything after it, so a
-peer sent to us by the coalescer finds it. Only ``Deliver`` bytes reach the reader: a copy that
-fails its hash is never stored or delivered.
+peer sent to us by the coalescer finds it. It is stored as a cached copy (``mesh.store.cache``):
+least recently used copies are evicted to keep ``cache_quota``, and a chunk that does not fit is
+delivered without being kept (this host then tells the coalescer it did not become a holder).
+Only ``Deliver`` bytes reach the reader: a copy that fails its hash is never stored or delivered.
 """
 
 from __future__ import annotations
