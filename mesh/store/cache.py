@@ -160,6 +160,13 @@ class ChunkCache:
     def used(self) -> int:
         return self.policy.used
 
+    def set_quota(self, quota: int | None) -> None:
+        """Change the quota (None: unlimited); evicts down to a lower one at once."""
+        self.limited = quota is not None
+        self.policy.quota = UNLIMITED if quota is None else quota
+        if self.limited:
+            self._make_room(0)
+
     def __contains__(self, h: str) -> bool:
         return h in self.policy
 
