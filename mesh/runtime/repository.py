@@ -224,7 +224,7 @@ class Repository:
         draft = Draft(key=key, size=size, content_hash=content_hash, chunks=tuple(refs),
                       author=self.identity.node_id, kind=kind, meta=meta)
         pairs = sorted({(r.hash, r.size) for r in refs})
-        self.cache.keep(h for h, _ in pairs)  # a cached copy this version names is kept from now on
+        await self.cache.keep((h for h, _ in pairs), self.executor)  # a cached copy named here is kept now
         await self.meta.write(record_chunks(pairs))
         self._stored(pairs)
         if self.before_issue is not None and refs:
@@ -250,8 +250,8 @@ class Repository:
         actual = chunk_hash(data)
         if actual != expected_hash:
             raise InvalidRequest(f"chunk body hashes to {actual}, not {expected_hash}")
+        await self.cache.keep([expected_hash], self.executor)  # a cached copy of it is kept from now on
         created = await self._in_thread(self._write_and_sync, expected_hash, data)
-        self.cache.keep([expected_hash])
         await self.meta.write(record_chunks([(expected_hash, len(data))]))
         self._stored([(expected_hash, len(data))])
         return created
@@ -276,7 +276,7 @@ class Repository:
         absent = self.missing([r.hash for r in refs])
         if absent:
             raise ChunkMissing(f"{len(absent)} chunk(s) not uploaded, first {absent[0]}")
-        self.cache.keep(r.hash for r in refs)  # cached copies named by a commit here are kept
+        await self.cache.keep((r.hash for r in refs), self.executor)  # cached copies a commit names are kept
         whole = blake3.blake3()
         for r in refs:  # proves every chunk is intact and the sizes right, and yields the content hash
             data = await self.read_chunk(r.hash)

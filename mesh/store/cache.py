@@ -229,16 +229,26 @@ class ChunkCache:
         finally:
             self.release(held)
 
-    def keep(self, hashes: Iterable[str]) -> None:
+    async def keep(self, hashes: Iterable[str], executor: Executor | None = None) -> list[str]:
         """These chunks are now kept here (written, committed, or a ``copies`` replica): never evicted.
-        The metadata change is queued before the caller's own write, so it is durable no later."""
-        kept = [h for h in dict.fromkeys(hashes) if h in self.policy]
-        if not kept:
-            return
-        for h in kept:
-            self.policy.remove(h)
+
+        The cached copies among them leave the cache at once (before the first await), their
+        metadata change is queued before the caller's own write (so it is durable no later), and
+        their files and directories are fsynced (a cached copy was written without): a kept chunk is
+        as durable as one written here. Returns the chunks that were cached copies."""
+        kept = [h for h in dict.fromkeys(hashes) if h in self.policy and h not in self._storing]
+        storing = [h for h in dict.fromkeys(hashes) if h in self._storing]
+        for h in kept + storing:
+            self.policy.remove(h)  # a copy being stored is recorded as kept when its write ends
             self._dirty.pop(h, None)
-        self.meta.submit(_keep_op(kept)).add_done_callback(_logged)
+        if kept:
+            self.meta.submit(_keep_op(kept)).add_done_callback(_logged)
+            await asyncio.get_running_loop().run_in_executor(executor, self._sync, kept)
+        return kept
+
+    def _sync(self, hashes: list[str]) -> None:
+        self.chunks.sync_files(hashes)
+        self.chunks.sync_dirs(hashes)
 
     # -- storing a fetched chunk ------------------------------------------------------------------------
 
@@ -247,11 +257,13 @@ class ChunkCache:
         Returns False when it does not fit (everything left is pinned): the caller serves the bytes
         without keeping them. Raises what the disk raises (StorageFull)."""
         size = len(data)
-        if h in self.policy or h in self._storing:  # cached, or being stored by another fetch
+        if h in self._storing:  # another fetch is writing it
+            return True
+        if self.chunks.has(h):  # a cached copy (now used again) or a kept chunk
             self.touch(h)
             return True
-        if self.chunks.has(h):  # a kept chunk (written here or a replica)
-            return True
+        if h in self.policy:  # recorded, but its file is gone (quarantined as corrupt, or lost): again
+            self.policy.remove(h)
         if self.limited and not self._make_room(size):
             self.uncached += 1
             self.uncached_bytes += size
@@ -267,7 +279,8 @@ class ChunkCache:
             self._seq += 1
             if h in self.policy:
                 await asyncio.shield(asyncio.wrap_future(self.meta.submit(_cached_op(h, size, use))))
-            else:  # kept while it was being written: a plain held chunk
+            else:  # kept while it was being written: as durable as a chunk written here
+                await loop.run_in_executor(executor, self._sync, [h])
                 await asyncio.shield(asyncio.wrap_future(self.meta.submit(_kept_row_op(h, size))))
         except BaseException:
             if h in self.policy:

@@ -87,7 +87,7 @@ def test_kept_chunks_never_count_nor_go(tmp_path):
     assert host.store(own[0]) == [True]  # fetched again while kept: stays kept, not cached
     assert own[0][0] not in host.cache and host.held(own[0][0])
     # a cached copy that becomes kept (a commit names it, or it is asked for as a replica) stays
-    host.cache.keep([fetched[4][0]])
+    asyncio.run(host.cache.keep([fetched[4][0]]))
     assert host.store(blob(20), blob(21)) == [True, True]
     assert host.held(fetched[4][0]) and not host.held(fetched[5][0])
     host.close()
@@ -116,7 +116,7 @@ def test_restart_keeps_lru_order_and_kept_set(tmp_path):
     a, b, c, d, e, f = (blob(i) for i in range(6))
     host.store(a, b, c, d)
     host.cache.touch(a[0])  # order now b, c, d, a
-    host.cache.keep([b[0]])  # b becomes kept: never evicted
+    asyncio.run(host.cache.keep([b[0]]))  # b becomes kept: never evicted
     host.reopen(quota=4 * K)
     assert len(host.cache) == 3 and host.cache.used == 3 * K
     host.store(e, f)  # room for one more, then the least recently used (c) goes
@@ -189,6 +189,39 @@ def test_repository_uploads_are_kept_and_fetched_copies_evicted(tmp_path):
             await repo.cache.store_fetched(*blob(11), repo.executor)
             await repo.cache.store_fetched(*blob(12), repo.executor)
             assert not repo.chunks.has(z[0])
+        finally:
+            repo.close()
+
+    asyncio.run(go())
+
+
+def test_a_quarantined_copy_is_stored_again(tmp_path):
+    host = Host(tmp_path, quota=3 * K)
+    a = blob(0)
+    host.store(a)
+    path = host.chunks.path(a[0])
+    path.write_bytes(b"x" + a[1][1:])  # torn or rotten on disk
+    try:
+        host.chunks.read(a[0])
+    except Exception:  # noqa: BLE001 -- CorruptChunk: moved to quarantine
+        pass
+    assert not host.chunks.has(a[0])
+    assert host.store(a) == [True]
+    assert host.chunks.read(a[0]) == a[1] and host.held(a[0]) and host.cache.used == K
+    host.close()
+
+
+def test_an_uploaded_chunk_that_was_cached_is_kept(tmp_path):
+    async def go() -> None:
+        repo = Repository(tmp_path / "r", Identity(b"\x08" * 32), clock=time.time, cache_quota=2 * K)
+        try:
+            x = blob(0)
+            assert await repo.cache.store_fetched(*x, repo.executor)
+            assert await repo.put_chunk(x[0], x[1]) is False  # already here, as a cached copy
+            assert x[0] not in repo.cache
+            for i in range(1, 5):
+                await repo.cache.store_fetched(*blob(i), repo.executor)
+            assert repo.chunks.has(x[0]) and repo.meta.has_chunks([x[0]]) == {x[0]}
         finally:
             repo.close()
 
