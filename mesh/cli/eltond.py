@@ -126,6 +126,11 @@ def status(data_dir: Path | None, config_file: Path | None, as_json: bool) -> in
                   f"{_human(store['bytes'])} (disk free {_human(store['disk_free'])})"),
         ("uptime", f"{st['uptime_s']:.0f} s"), ("version", st["version"]),
     ]
+    cache = st.get("cache")
+    if cache:
+        quota = "unlimited" if cache["quota_bytes"] is None else _human(cache["quota_bytes"])
+        rows.insert(-2, ("cache", f"{_human(cache['used_bytes'])} of {quota} in {cache['chunks']} fetched chunks, "
+                                  f"{cache['evictions']} evicted"))
     for name, value in rows:
         click.echo(f"{name + ':':10} {value}")
     return 0

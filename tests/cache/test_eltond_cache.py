@@ -71,8 +71,8 @@ def test_reader_cache_stays_under_quota_and_evicted_copies_leave_the_holder_inde
 
         # the master (A) lists B for the last file it read, not for the first, which B evicted
         last, first = f"cache/f{FILES - 1}", "cache/f0"
-        wait_until(lambda: b_id in holders_of(a, last), 15, "B reported as holder of the last file")
-        wait_until(lambda: b_id not in holders_of(a, first), 15, "B's evicted copies dropped from the index")
+        wait_until(lambda: b_id in holders_of(a, last), 30, "B reported as holder of the last file")
+        wait_until(lambda: b_id not in holders_of(a, first), 30, "B's evicted copies dropped from the index")
         assert holders_of(a, first) == [a_id]
 
         # the evicted file is fetched again, correctly, and the cache still keeps to its quota
@@ -80,7 +80,7 @@ def test_reader_cache_stays_under_quota_and_evicted_copies_leave_the_holder_inde
         assert cb.read(first) == files[first]
         after = cb.stats()["cache"]
         assert after["misses"] > misses and after["used_bytes"] <= QUOTA
-        wait_until(lambda: b_id in holders_of(a, first), 15, "B holding the re-read file again")
+        wait_until(lambda: b_id in holders_of(a, first), 30, "B holding the re-read file again")
 
         with urllib.request.urlopen(f"{b.url}/v1/metrics", timeout=10) as resp:
             text = resp.read().decode()
@@ -89,6 +89,10 @@ def test_reader_cache_stays_under_quota_and_evicted_copies_leave_the_holder_inde
         out = subprocess.run([sys.executable, "-m", "mesh.cli.elton", "stats"], capture_output=True, text=True,
                              timeout=60, env={**os.environ, "ELTON_HOST": b.url})
         assert out.returncode == 0 and "cached copies:" in out.stdout and "of 3.0 MiB" in out.stdout, out
+        out = subprocess.run([sys.executable, "-m", "mesh.cli.eltond", "status", "--data-dir", str(b.data_dir)],
+                             capture_output=True, text=True, timeout=60)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("cache:")), "")
+        assert out.returncode == 0 and "of 3.0 MiB in" in line and "evicted" in line, out
 
         # a restart keeps the cached copies (and their order): the re-read file is still here
         used = after["used_bytes"]
