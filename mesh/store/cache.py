@@ -186,6 +186,10 @@ class ChunkCache:
         if h not in self.policy:
             return
         self.policy.touch(h)
+        self._used(h)
+
+    def _used(self, h: str) -> None:
+        """Note ``h``'s new place at the recent end of the order, to be written with the next flush."""
         self._dirty[h] = self._seq
         self._seq += 1
         if len(self._dirty) >= FLUSH_EVERY or self.clock() - self._last_flush >= FLUSH_SECONDS:
@@ -220,6 +224,8 @@ class ChunkCache:
                 continue
             self._use.pop(h, None)
             self.policy.unpin(h, IN_USE)
+            if h in self.policy and not self.policy.is_pinned(h):  # back in the order, as the most recent
+                self._used(h)
 
     @contextmanager
     def using(self, hashes: Iterable[str]) -> Iterator[None]:
@@ -293,6 +299,8 @@ class ChunkCache:
         finally:
             self._storing.discard(h)
             self.policy.unpin(h, STORING)
+            if h in self.policy and not self.policy.is_pinned(h):
+                self._used(h)
         return True
 
     def _write(self, h: str, data: bytes) -> bool:

@@ -226,3 +226,44 @@ def test_an_uploaded_chunk_that_was_cached_is_kept(tmp_path):
             repo.close()
 
     asyncio.run(go())
+
+
+def test_random_operations_keep_the_invariants_and_a_restart_the_order(tmp_path):
+    """Seeded random stores, touches, pins, keeps and restarts: the cache never exceeds its quota, a
+    kept chunk is never deleted, disk, metadata and policy agree, and a restart restores the order."""
+    import random
+
+    rng = random.Random(5)
+    quota = 6 * K
+    host = Host(tmp_path, quota=quota)
+    pool = [blob(i, rng.choice((K // 2, K, 2 * K))) for i in range(40)]
+    kept: set[str] = set()
+    pinned: list[list[str]] = []
+    for step in range(400):
+        op = rng.random()
+        h, data = rng.choice(pool)
+        if op < 0.5:
+            host.store((h, data))
+        elif op < 0.7:
+            host.cache.touch(h)
+        elif op < 0.8 and len(pinned) < 3:
+            pinned.append(host.cache.acquire([h]))
+        elif op < 0.9 and pinned:
+            host.cache.release(pinned.pop(rng.randrange(len(pinned))))
+        elif op < 0.93 and host.chunks.has(h):
+            asyncio.run(host.cache.keep([h]))
+            kept.add(h)
+        elif op < 0.96 and not pinned:
+            order = list(host.cache.policy._lru)
+            host.reopen(quota)
+            assert list(host.cache.policy._lru) == order, f"step {step}: the LRU order changed over a restart"
+        assert host.cache.used <= quota, f"step {step}"
+        assert all(host.held(k) for k in kept), f"step {step}: a kept chunk went"
+        cached = {x for x, _ in pool if x in host.cache}
+        assert cached.isdisjoint(kept)
+        assert cached == {x for x, _ in pool if host.chunks.has(x)} - kept, f"step {step}: disk and policy disagree"
+    pending = host.cache.flush()
+    if pending is not None:
+        pending.result()
+    assert host.cached_rows() == {x for x, _ in pool if x in host.cache}
+    host.close()
