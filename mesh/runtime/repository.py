@@ -356,7 +356,7 @@ class Repository:
         cluster's master makes it one per cluster)."""
         missing = _unique([s.chunk for s in wanted if not self.chunks.has(s.chunk.hash)])
         absent = {r.hash for r in missing}
-        # the chunks read from disk are pinned (not evicted) until this read is past them
+        # the cached copies this read takes from disk are pinned (not evicted) until it ends
         local = self.cache.acquire(dict.fromkeys(s.chunk.hash for s in wanted if s.chunk.hash not in absent))
         try:
             async for data in self._read_pinned(manifest, wanted, missing, local):
