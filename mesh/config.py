@@ -20,6 +20,7 @@ same names as the flags, with ``_`` for ``-``::
     commit_timeout = 10.0    # seconds before a commit with unreachable replicas fails
     copies = 2               # store hosts holding a version's chunks before it is acknowledged
     copies_scope = "cluster" # cluster | mesh
+    cache_quota = "20%"      # fetched copies kept here: bytes, "50GiB", "20%" of the disk, "unlimited"
 
     [costs]                  # USD per GB by link class (issue 5)
     lan = 0.0
@@ -42,6 +43,31 @@ from mesh.errors import ConfigError
 ROLES = ("both", "master", "node")
 DEFAULT_HTTP = "127.0.0.1:7420"
 DEFAULT_GOSSIP = "127.0.0.1:7946"
+DEFAULT_CACHE_QUOTA = "20%"
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 1000, "m": 1 << 20, "mib": 1 << 20, "mb": 1000**2,
+          "g": 1 << 30, "gib": 1 << 30, "gb": 1000**3, "t": 1 << 40, "tib": 1 << 40, "tb": 1000**4}
+
+
+def parse_size(text: Any, what: str) -> int | float | None:
+    """A size: bytes (``1048576``), with a unit (``512MiB``, ``50GiB``, ``1.5TB``; K/M/G/T are binary),
+    a percentage of the data dir's filesystem (``20%``, returned as a fraction), or ``unlimited`` (None)."""
+    raw = str(text).strip().lower().replace(" ", "").replace("_", "")
+    if raw in ("unlimited", "none", "inf"):
+        return None
+    try:
+        if raw.endswith("%"):
+            pct = float(raw[:-1])
+            if not 0 <= pct <= 100:
+                raise ValueError(raw)
+            return pct / 100
+        digits = raw.rstrip("kmgtib")
+        unit = raw[len(digits):]
+        value = float(digits) * _UNITS[unit]
+        if value < 0 or value != value or value > 1 << 62:
+            raise ValueError(raw)
+        return int(value)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"{what} must be a size (bytes, 50GiB, 20%, unlimited), not {text!r}") from exc
 
 
 def default_data_dir() -> Path:
@@ -80,6 +106,14 @@ class Config:
     copies: int = 2  # store hosts that hold a version's chunks before it is acknowledged
     copies_scope: str = "cluster"  # cluster | mesh
     costs: Mapping[str, Any] = field(default_factory=dict)
+    cache_quota: str = DEFAULT_CACHE_QUOTA  # chunks fetched from other hosts: see parse_size
+
+    def cache_quota_bytes(self, disk_total: int) -> int | None:
+        """The cache quota in bytes for a data dir on a filesystem of ``disk_total`` bytes (None: no limit)."""
+        size = parse_size(self.cache_quota, "cache_quota")
+        if isinstance(size, float):
+            return int(disk_total * size)
+        return size
 
     @property
     def http_addr(self) -> tuple[str, int]:
@@ -109,6 +143,7 @@ class Config:
             raise ConfigError("commit_timeout is between 0 and 3600 seconds")
         if self.advertise is not None:
             parse_hostport(self.advertise, "advertise")
+        parse_size(self.cache_quota, "cache_quota")
         if not is_loopback(self.http_addr[0]) and not self.http_token:
             raise ConfigError(f"http {self.http} is beyond loopback: set http_token (ELTON_HTTP_TOKEN) to protect it")
         if self.join and is_loopback((self.advertise and parse_hostport(self.advertise, "advertise")[0])

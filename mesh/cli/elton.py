@@ -244,6 +244,11 @@ def stats(client: Client, as_json: bool) -> None:
         click.echo(f"from cluster {pair + ':':20} {human_bytes(n):>10}")
     cache = st["cache"]
     click.echo(f"cache: {cache['hits']} hits, {cache['misses']} misses; expected cost ${st['expected_cost_usd']:.6f}")
+    if "used_bytes" in cache:
+        quota = "unlimited" if cache["quota_bytes"] is None else human_bytes(cache["quota_bytes"])
+        click.echo(f"cached copies: {human_bytes(cache['used_bytes'])} of {quota} in {cache['chunks']} chunks; "
+                   f"{cache['evictions']} evicted ({human_bytes(cache['evicted_bytes'])}), "
+                   f"{cache['uncached']} served without keeping")
     if st.get("holder_faults"):
         click.echo("holder faults: " + ", ".join(f"{k} {v}" for k, v in st["holder_faults"].items()))
 

@@ -29,6 +29,7 @@ _start_options = [
     click.option("--role", type=click.Choice(["both", "master", "node"]), help="[default: both]"),
     click.option("--join", multiple=True, help="ADDR[,ADDR] of masters to join (repeatable)"),
     click.option("--token", help="join token from `elton mesh token`"),
+    click.option("--cache-quota", help="bytes of fetched copies kept: 50GiB, 20% of the disk, unlimited [default: 20%]"),
     click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML config file"),
     click.option("--verbose", "-v", is_flag=True, default=None, help="log more"),
 ]
@@ -49,12 +50,13 @@ def cli() -> None:
 @_with_start_options
 @click.option("--detach", is_flag=True, help="run in the background (pid file and log in the data dir)")
 def start(data_dir: Path | None, http: str | None, gossip: str | None, cluster: str | None, role: str | None,
-          join: tuple[str, ...], token: str | None, config_file: Path | None, verbose: bool | None,
-          detach: bool) -> int:
+          join: tuple[str, ...], token: str | None, cache_quota: str | None, config_file: Path | None,
+          verbose: bool | None, detach: bool) -> int:
     """Run eltond (in the foreground unless --detach)."""
     joined = tuple(p for arg in join for p in arg.split(",") if p)
     config = load_config({"data_dir": data_dir, "http": http, "gossip": gossip, "cluster": cluster,
-                          "role": role, "join": joined, "token": token, "verbose": verbose}, config_file)
+                          "role": role, "join": joined, "token": token, "verbose": verbose,
+                          "cache_quota": cache_quota}, config_file)
     if detach:
         return _detach(config)
     from mesh.runtime.daemon import serve
@@ -124,6 +126,11 @@ def status(data_dir: Path | None, config_file: Path | None, as_json: bool) -> in
                   f"{_human(store['bytes'])} (disk free {_human(store['disk_free'])})"),
         ("uptime", f"{st['uptime_s']:.0f} s"), ("version", st["version"]),
     ]
+    cache = st.get("cache")
+    if cache:
+        quota = "unlimited" if cache["quota_bytes"] is None else _human(cache["quota_bytes"])
+        rows.insert(-2, ("cache", f"{_human(cache['used_bytes'])} of {quota} in {cache['chunks']} fetched chunks, "
+                                  f"{cache['evictions']} evicted"))
     for name, value in rows:
         click.echo(f"{name + ':':10} {value}")
     return 0

@@ -54,7 +54,8 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
     holders: HolderService | None = None
     try:
         identity = datadir.identity()
-        repo = Repository(config.data_dir, identity, clock=time.time)
+        repo = Repository(config.data_dir, identity, clock=time.time,
+                          cache_quota=config.cache_quota_bytes(shutil.disk_usage(config.data_dir).total))
         started_at = time.time()
         http_host, http_port = config.http_addr
         info: dict[str, Any] = {}
@@ -72,6 +73,7 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
                 "uptime_s": round(time.time() - started_at, 3),
                 "store": {"chunks": chunks, "bytes": stored, "keys": keys, "versions": versions,
                           "disk_free": disk.free, "disk_total": disk.total},
+                "cache": repo.cache.stats(),
             }
 
         api = Api(repo, status, config.max_object_size, http_token=config.http_token)
@@ -85,10 +87,11 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
             raise ConfigError(f"cannot listen on http {config.http}: {exc.strerror}") from exc
         bound = _bound_port(site)
         gossip = await start_gossip(config, identity, http_advertised=f"{_url_host(http_host)}:{bound}")
-        ChunkServer(gossip, repo.chunks, repo.executor)
+        ChunkServer(gossip, repo.chunks, repo.executor, cache=repo.cache)
         holders = HolderService(gossip, held_chunks(repo.meta))
         await holders.start()
         repo.on_stored = holders.on_chunks_stored
+        repo.cache.on_removed = holders.on_chunks_removed  # evicted copies: masters stop sending readers here
         repo.before_issue = ChunkReplicator(gossip, repo, config.copies, config.copies_scope,
                                             on_stored=holders.on_chunks_stored).ensure
         issuer = IssuerService(identity, gossip, repo.meta, IssuanceSettings(

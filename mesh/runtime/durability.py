@@ -96,6 +96,8 @@ class ChunkReplicator:
             raise ProtocolError("bad_message", "replicate request") from exc
         if holder != request.sender or len(hashes) != len(sizes):
             raise ProtocolError("bad_message", "replicate request from another host than the holder")
+        # a cached copy asked for as a replica is one of the copies now: kept (and fsynced)
+        await self.repo.cache.keep(hashes, self.repo.executor)
         missing = [(h, s) for h, s in zip(hashes, sizes, strict=True) if not self.repo.chunks.has(h)]
         encrypt = self._cluster_of(holder) != self.gossip.cluster
         stored: list[tuple[str, int]] = []

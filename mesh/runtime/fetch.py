@@ -16,15 +16,16 @@ across clusters, at most ``max_parallel`` at once, each with the planner's deadl
 dones go to the cluster's coalescing master through a second, ordered worker, and each verified
 chunk is written to the ChunkStore (no fsync: a torn cached copy fails its hash on read and is
 fetched again), recorded in the metadata and reported as held before anything after it, so a
-peer sent to us by the coalescer finds it. Only ``Deliver`` bytes reach the reader: a copy that
-fails its hash is never stored or delivered.
+peer sent to us by the coalescer finds it. It is stored as a cached copy (``mesh.store.cache``):
+least recently used copies are evicted to keep ``cache_quota``, and a chunk that does not fit is
+delivered without being kept (this host then tells the coalescer it did not become a holder).
+Only ``Deliver`` bytes reach the reader: a copy that fails its hash is never stored or delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -69,7 +70,6 @@ from mesh.runtime.issuance import IssuerService
 from mesh.runtime.metrics import FetchMetrics
 from mesh.runtime.repository import Repository
 from mesh.runtime.transfer import fetch_chunks
-from mesh.store.meta import record_chunks
 
 log = logging.getLogger("elton.fetch")
 
@@ -99,6 +99,9 @@ class MeshRemote:
         self.metrics = metrics or FetchMetrics()
         self.timeout = request_timeout
         self.is_master = gossip.role in MASTER_ROLES
+        self.metrics.cache = repo.cache
+        if repo.cache.on_removed is None:  # evicted copies leave the holder index
+            repo.cache.on_removed = holders.on_chunks_removed
         if self.is_master:
             gossip.register_stream_handler(MANIFEST_KIND, self._on_manifest)
             gossip.register_stream_handler(VERSIONS_KIND, self._on_versions)
@@ -476,10 +479,11 @@ class _Read:
         repo = self.r.repo
         h, size = e.ref.hash, e.ref.size
         try:
-            await self.loop.run_in_executor(repo.executor, functools.partial(repo.chunks.write, h, e.data, fsync=False))
-            await asyncio.shield(repo.meta.write(record_chunks([(h, size)])))  # never cancel a queued write
+            kept = await repo.cache.store_fetched(h, e.data, repo.executor)
         except (EltonError, OSError) as exc:  # the reader still gets the bytes; we just do not hold them
             log.warning("keeping a fetched chunk failed: %s", exc)
+            kept = False
+        if not kept:  # no room in the cache (or no disk): served through, not held here
             self.unstored.add(h)
             return
         self.r.holders.on_chunks_stored([(h, size)])

@@ -430,7 +430,9 @@ class Api:
         h = check_hash(request.match_info["hash"])
         size = _int_param(request, "size", 0) or 0
         if self.repo.chunks.has(h) or self.repo.remote is None:
-            data = await self.repo.read_chunk(h)
+            with self.repo.cache.using([h]):  # a cached copy is not evicted while it is read
+                self.repo.cache.touch(h)
+                data = await self.repo.read_chunk(h)
         else:
             parts = [d async for d in self.repo.remote.fetch(None, [ChunkRef(h, size)])]
             data = parts[0]

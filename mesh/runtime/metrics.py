@@ -3,7 +3,8 @@
 Counted where the bytes move, so the numbers are what crossed each link: bytes fetched per link
 class and per (holder cluster, reader cluster) pair, chunks read from the local cache versus
 fetched, the holder chosen for each chunk and the expected cost the planner gave it, holder
-faults by reason, and WAN pulls granted by this host's coalescer (masters).
+faults by reason, and WAN pulls granted by this host's coalescer (masters). The persistent cache's
+gauges (bytes cached, quota) and eviction counters come from the ``ChunkCache`` set as ``cache``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class FetchMetrics:
     faults: Counter[str] = field(default_factory=Counter)
     reads: Counter[str] = field(default_factory=Counter)  # ok, failed
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT))
+    cache: Any = None  # the host's ChunkCache (mesh.store.cache): its stats() are reported too
 
     def chunk_fetched(self, holder: str, holder_cluster: str, my_cluster: str, link: str, nbytes: int,
                       cost: float) -> None:
@@ -47,7 +49,8 @@ class FetchMetrics:
             "bytes_by_cluster_pair": {f"{a}->{b}": n for (a, b), n in self.bytes_by_pair.items()},
             "chunks_by_link": dict(self.chunks_by_link),
             "expected_cost_usd": round(self.cost_usd, 9),
-            "cache": {"hits": self.cache_hits, "misses": self.cache_misses},
+            "cache": {"hits": self.cache_hits, "misses": self.cache_misses,
+                      **(self.cache.stats() if self.cache is not None else {})},
             "holder_faults": dict(self.faults),
             "reads": dict(self.reads),
             "recent_chunks": list(self.recent),
@@ -61,12 +64,13 @@ def render_prometheus(m: FetchMetrics, wan_grants: int | None = None) -> str:
     """The counters in Prometheus text exposition format 0.0.4."""
     lines: list[str] = []
 
-    def family(name: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
+    def family(name: str, help_text: str, samples: list[tuple[dict[str, str], float]], kind: str = "counter") -> None:
         lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} counter")
+        lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
             inner = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-            lines.append(f"{name}{{{inner}}} {value:g}" if inner else f"{name} {value:g}")
+            text = str(int(value)) if float(value).is_integer() else repr(float(value))  # bytes stay exact
+            lines.append(f"{name}{{{inner}}} {text}" if inner else f"{name} {text}")
 
     family("elton_fetch_bytes_total", "Chunk bytes fetched by this host, by link class.",
            [({"link": k}, v) for k, v in sorted(m.bytes_by_link.items())])
@@ -81,6 +85,18 @@ def render_prometheus(m: FetchMetrics, wan_grants: int | None = None) -> str:
     family("elton_holder_faults_total", "Holders that failed to serve a chunk, by reason.",
            [({"reason": k}, v) for k, v in sorted(m.faults.items())])
     family("elton_fetch_reads_total", "Remote reads by outcome.", [({"outcome": k}, v) for k, v in sorted(m.reads.items())])
+    if m.cache is not None:
+        st = m.cache.stats()
+        family("elton_cache_bytes", "Bytes of fetched copies in the persistent cache.", [({}, st["used_bytes"])], "gauge")
+        family("elton_cache_chunks", "Fetched copies in the persistent cache.", [({}, st["chunks"])], "gauge")
+        family("elton_cache_quota_bytes", "The cache quota (cache_quota; absent when unlimited).",
+               [({}, st["quota_bytes"])] if st["quota_bytes"] is not None else [], "gauge")
+        family("elton_cache_pinned_bytes", "Bytes of cached copies in use (not evictable now).",
+               [({}, st["pinned_bytes"])], "gauge")
+        family("elton_cache_evictions_total", "Cached copies evicted to stay under the quota.", [({}, st["evictions"])])
+        family("elton_cache_evicted_bytes_total", "Bytes of cached copies evicted.", [({}, st["evicted_bytes"])])
+        family("elton_cache_uncached_total", "Fetched chunks served without being kept (no room in the cache).",
+               [({}, st["uncached"])])
     if wan_grants is not None:
         family("elton_wan_pulls_granted_total", "WAN transfers granted by this master's coalescer.",
                [({}, wan_grants)])

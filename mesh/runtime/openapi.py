@@ -35,7 +35,7 @@ OPENAPI: dict[str, Any] = {
     "info": {"title": "Elton node API", "version": "1"},
     "paths": {
         "/v1/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
-        "/v1/status": {"get": {"summary": "Identity, role, addresses, store usage",
+        "/v1/status": {"get": {"summary": "Identity, role, addresses, store usage, cache usage",
                                "responses": {"200": {"description": "status"}}}},
         "/v1/keys": {"get": {
             "summary": "List keys with their latest version",
@@ -88,9 +88,9 @@ OPENAPI: dict[str, Any] = {
                                     "responses": {"200": {"description": "token"}, "401": _ERR}}},
         "/v1/mesh/remove": {"post": {"summary": "Revoke a host", "responses": {"200": {"description": "removed"},
                                                                              "400": _ERR, "401": _ERR}}},
-        "/v1/metrics": {"get": {"summary": "Fetch counters, Prometheus text format",
+        "/v1/metrics": {"get": {"summary": "Fetch and cache counters, Prometheus text format",
                                 "responses": {"200": {"description": "metrics"}}}},
-        "/v1/stats": {"get": {"summary": "Fetch counters as JSON", "responses": {"200": {"description": "stats"}}}},
+        "/v1/stats": {"get": {"summary": "Fetch and cache counters as JSON", "responses": {"200": {"description": "stats"}}}},
         "/v1/chunks/missing": {"post": {
             "summary": "Which of these chunks this node lacks",
             "requestBody": {"content": {"application/json": {"schema": {

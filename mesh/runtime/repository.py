@@ -34,6 +34,7 @@ from mesh.errors import (
     Unavailable,
     VersionNotFound,
 )
+from mesh.store.cache import ChunkCache
 from mesh.store.chunker import MAX_SIZE, StreamChunker
 from mesh.store.chunks import ChunkStore, check_hash
 from mesh.store.meta import MetaStore, record_chunks, store_version
@@ -118,7 +119,7 @@ class Repository:
     then the draft goes to it, and the signed manifest it returns is recorded here like a local one."""
 
     def __init__(self, data_dir: Path, identity: Identity, clock: Callable[[], float],
-                 issuer: IssueFn | None = None) -> None:
+                 issuer: IssueFn | None = None, cache_quota: int | None = None) -> None:
         self.identity = identity
         self.clock = clock
         self.issuer = issuer
@@ -136,9 +137,13 @@ class Repository:
         # created unless another upload in flight uses them or a committed version records them.
         self._inflight_lock = threading.Lock()
         self._inflight: Counter[str] = Counter()
+        # Chunks fetched from other hosts, under cache_quota (None: unlimited); the rest are kept
+        self.cache = ChunkCache(self.chunks, self.meta, cache_quota, lock=self._inflight_lock,
+                                busy=self._inflight.__contains__)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+        self.cache.close()
         self.meta.close()
 
     async def _in_thread(self, fn, *args):  # type: ignore[no-untyped-def]
@@ -219,6 +224,7 @@ class Repository:
         draft = Draft(key=key, size=size, content_hash=content_hash, chunks=tuple(refs),
                       author=self.identity.node_id, kind=kind, meta=meta)
         pairs = sorted({(r.hash, r.size) for r in refs})
+        await self.cache.keep((h for h, _ in pairs), self.executor)  # a cached copy named here is kept now
         await self.meta.write(record_chunks(pairs))
         self._stored(pairs)
         if self.before_issue is not None and refs:
@@ -244,6 +250,7 @@ class Repository:
         actual = chunk_hash(data)
         if actual != expected_hash:
             raise InvalidRequest(f"chunk body hashes to {actual}, not {expected_hash}")
+        await self.cache.keep([expected_hash], self.executor)  # a cached copy of it is kept from now on
         created = await self._in_thread(self._write_and_sync, expected_hash, data)
         await self.meta.write(record_chunks([(expected_hash, len(data))]))
         self._stored([(expected_hash, len(data))])
@@ -269,6 +276,7 @@ class Repository:
         absent = self.missing([r.hash for r in refs])
         if absent:
             raise ChunkMissing(f"{len(absent)} chunk(s) not uploaded, first {absent[0]}")
+        await self.cache.keep((r.hash for r in refs), self.executor)  # cached copies a commit names are kept
         whole = blake3.blake3()
         for r in refs:  # proves every chunk is intact and the sizes right, and yields the content hash
             data = await self.read_chunk(r.hash)
@@ -347,6 +355,19 @@ class Repository:
         another read is waited for, not fetched again (one WAN transfer per chunk per host, and the
         cluster's master makes it one per cluster)."""
         missing = _unique([s.chunk for s in wanted if not self.chunks.has(s.chunk.hash)])
+        absent = {r.hash for r in missing}
+        # the cached copies this read takes from disk are pinned (not evicted) until it ends
+        local = self.cache.acquire(dict.fromkeys(s.chunk.hash for s in wanted if s.chunk.hash not in absent))
+        try:
+            async for data in self._read_pinned(manifest, wanted, missing, local):
+                yield data
+        finally:
+            self.cache.release(local)
+
+    async def _read_pinned(self, manifest: Manifest | None, wanted: list[Slice], missing: list[ChunkRef],
+                           local: list[str]) -> AsyncIterator[bytes]:
+        for h in local:
+            self.cache.touch(h)
         metrics = getattr(self.remote, "metrics", None)
         if metrics is not None:  # the remote counts what it fetches (misses); hits are ours to count
             metrics.cache_hits += len(wanted) - len([s for s in wanted if s.chunk in missing])

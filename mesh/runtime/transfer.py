@@ -32,6 +32,7 @@ from mesh.core.codec import MAX_STREAM_MESSAGE, open_envelope
 from mesh.core.manifest import HASH_HEX_LEN
 from mesh.errors import CorruptChunk, EltonError, ProtocolError
 from mesh.runtime.gossip import STREAM_TIMEOUT, GossipService, StreamRequest, read_frame, write_frame
+from mesh.store.cache import ChunkCache
 from mesh.store.chunks import ChunkStore
 
 log = logging.getLogger("elton.transfer")
@@ -56,10 +57,12 @@ def _session_key(mine: nacl.public.PrivateKey, theirs: bytes) -> bytes:
 class ChunkServer:
     """Serves the chunks this host holds to admitted hosts."""
 
-    def __init__(self, gossip: GossipService, chunks: ChunkStore, loop_executor: Any = None) -> None:
+    def __init__(self, gossip: GossipService, chunks: ChunkStore, loop_executor: Any = None,
+                 cache: ChunkCache | None = None) -> None:
         self.gossip = gossip
         self.chunks = chunks
         self.executor = loop_executor
+        self.cache = cache  # cached copies being served are pinned, and count as used
         self.served_bytes = 0
         self.served_chunks = 0
         gossip.register_stream_handler(KIND, self._serve)
@@ -81,6 +84,18 @@ class ChunkServer:
             mine = nacl.public.PrivateKey.generate()
             key = _session_key(mine, eph)
             reply["eph"] = bytes(mine.public_key)
+        if self.cache is None:
+            await self._send(request, hashes, key, reply)
+            return
+        held = self.cache.acquire(dict.fromkeys(hashes))
+        try:
+            for h in held:
+                self.cache.touch(h)
+            await self._send(request, hashes, key, reply)
+        finally:
+            self.cache.release(held)
+
+    async def _send(self, request: StreamRequest, hashes: list[str], key: bytes | None, reply: dict[str, Any]) -> None:
         writer = request.writer
         write_frame(writer, self.gossip.seal(f"{KIND}.reply", reply))
         loop = asyncio.get_running_loop()

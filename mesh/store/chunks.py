@@ -88,6 +88,18 @@ class ChunkStore:
     def remove(self, h: str) -> None:
         self.path(h).unlink(missing_ok=True)
 
+    def sync_files(self, hashes: list[str] | set[str]) -> None:
+        """fsync the files of these chunks (a cached copy is written without; keeping it needs it)."""
+        for h in hashes:
+            try:
+                fd = os.open(self.path(h), os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     def sync_dirs(self, hashes: list[str] | set[str]) -> None:
         """Make the renames of these chunks durable (one fsync per touched directory)."""
         for prefix in {h[:2] for h in hashes}:
