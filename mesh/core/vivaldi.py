@@ -29,6 +29,7 @@ from mesh.errors import ProtocolError
 ZERO = 1.0e-6  # below this a distance is treated as zero (seconds)
 MAX_COORDINATE = 1.0e4  # no real component or height is this large; a peer that says so is lying
 MAX_RTT_SAMPLE = 60.0  # a longer "round trip" is a stall, not a distance
+MAX_DIMENSIONS = 32  # a coordinate from the wire has at most this many components
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,22 @@ class Coordinate:
         return [list(self.vec), self.height, self.error]
 
     @classmethod
-    def from_wire(cls, obj: Any, config: VivaldiConfig) -> Coordinate:
+    def from_wire(cls, obj: Any, config: VivaldiConfig | None = None) -> Coordinate:
+        """Strict: ``[vec, height, error]`` with ``config.dimensions`` numbers in ``vec`` (any count from 1
+        to ``MAX_DIMENSIONS`` without a config), every value a finite int or float (no bool, no
+        string) within ``MAX_COORDINATE``, height and error not negative."""
+        if not isinstance(obj, list) or len(obj) != 3:
+            raise ProtocolError("malformed_coordinate", "a coordinate is [vec, height, error]")
+        vec, height, error = obj
+        if not isinstance(vec, list) or not (len(vec) == config.dimensions if config is not None
+                                             else 0 < len(vec) <= MAX_DIMENSIONS):
+            raise ProtocolError("malformed_coordinate", "vec has the wrong number of components")
+        values = (*vec, height, error)
+        if not all(type(v) is float or type(v) is int for v in values):
+            raise ProtocolError("malformed_coordinate", "coordinate components must be numbers")
         try:
-            vec, height, error = obj
-            if not isinstance(vec, list) or len(vec) != config.dimensions:
-                raise ValueError("wrong dimensions")
             return cls(tuple(float(v) for v in vec), float(height), float(error))
-        except (TypeError, ValueError) as exc:
+        except (OverflowError, ValueError) as exc:
             raise ProtocolError("malformed_coordinate", str(exc)) from exc
 
 

@@ -8,10 +8,19 @@ to often); members of other clusters form the cross pool (less often, fewer targ
 
 The runtime checks signatures, admission and replays before calling ``receive``; ``sender`` is
 the verified node id of the envelope's signer.
+
+Vivaldi coordinates (``mesh.core.vivaldi``): each direct ack carries the target's coordinate, and
+its measured round trip moves ours (``Coordinates.observe``); pings, relayed acks and push-pull
+records tell us the coordinates of members we do not probe ourselves. ``rtt(a, b)`` estimates
+the round trip of any pair of members from them. A member gets a coordinate in a ping or ack only
+once it has shown it speaks them (we hold its coordinate), so a member of an older version, which
+would drop a message of the new shape, is never sent one; push-pull carries coordinates under a
+key older members ignore, and that is how two new members first learn of each other's.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -48,6 +57,7 @@ from mesh.core.membership.state import (
     suspect_wins,
 )
 from mesh.core.membership.suspicion import expected_confirmations, suspicion_deadline, suspicion_timeouts
+from mesh.core.vivaldi import MAX_RTT_SAMPLE, Coordinate, Coordinates, VivaldiConfig
 from mesh.errors import ProtocolError
 
 LOCAL, CROSS = "local", "cross"
@@ -95,6 +105,7 @@ class _Probe:
 @dataclass
 class _Relay:
     requester: Addr
+    requester_node: str
     requester_probe: int
     target: str
     deadline: float
@@ -113,7 +124,8 @@ class _Suspicion:
 
 class Membership:
     def __init__(self, *, node_id: str, cluster: str, role: str, gossip: Addr, http: str, incarnation: int,
-                 admission: AdmissionState, config: Config, rng: random.Random, now: float) -> None:
+                 admission: AdmissionState, config: Config, rng: random.Random, now: float,
+                 vivaldi: VivaldiConfig | None = None) -> None:
         self.id = node_id
         self.cluster = cluster
         self.config = config
@@ -123,6 +135,12 @@ class Membership:
         self.queue: BroadcastQueue[Update] = BroadcastQueue(config.retransmit_mult, config.max_broadcasts)
         self.ignored: dict[str, int] = {}  # updates we did not apply, by reason
         self.leaving = False
+        self.coordinates = Coordinates(vivaldi)  # ours, and those the members gossiped
+        # Vivaldi draws (a direction to leave a point shared with a peer) come from a generator
+        # seeded from ``rng``'s state without drawing from it, so the probe order and every other
+        # use of ``rng`` stay what they were without coordinates.
+        self._vivaldi_rng = random.Random(hash(rng.getstate()[1]))  # the ints only: stable across runs
+        self._firsthand: set[str] = set()  # members whose coordinate we heard from themselves
         self._members: dict[str, Member] = {
             node_id: Member(node_id, cluster, role, gossip, http, MemberState.ALIVE, incarnation, now)}
         self._out: list[Outgoing] = []
@@ -149,11 +167,31 @@ class Membership:
         return self._members[self.id].incarnation
 
     def members(self) -> list[MemberInfo]:
-        return [m.info() for _, m in sorted(self._members.items())]
+        return [m.info(self._estimate(m)) for _, m in sorted(self._members.items())]
 
     def member(self, node_id: str) -> MemberInfo | None:
         m = self._members.get(node_id)
-        return None if m is None else m.info()
+        return None if m is None else m.info(self._estimate(m))
+
+    def rtt(self, a: str, b: str) -> float | None:
+        """Estimated round-trip time between members ``a`` and ``b``, seconds, or None if unknown.
+
+        From us to a member: the smoothed RTT of our direct probes when we have one, else the
+        Vivaldi distance; between two other members: the Vivaldi distance of their coordinates."""
+        if a == b:
+            return 0.0
+        if b == self.id:
+            a, b = b, a
+        if a == self.id:
+            m = self._members.get(b)
+            if m is not None and m.rtt is not None:
+                return m.rtt
+        return self.coordinates.rtt(a, b, me=self.id)
+
+    def _estimate(self, m: Member) -> float | None:
+        if m.id == self.id:
+            return None
+        return m.rtt if m.rtt is not None else self.coordinates.rtt(self.id, m.id, me=self.id)
 
     def drain_events(self) -> list[MemberEvent]:
         events = list(self._events)
@@ -208,6 +246,7 @@ class Membership:
         for node, m in list(self._members.items()):
             if not m.reachable and node != self.id and now >= m.since + self._keep_for(m):
                 del self._members[node]
+                self._forget_coordinate(node)
                 self._emit("removed", m)
 
     def _keep_for(self, m: Member) -> float:
@@ -232,7 +271,9 @@ class Membership:
     # -- push-pull, admission, leave ---------------------------------------------------------------
 
     def local_state(self) -> PushPull:
-        records = tuple(MemberRecord(m.id, m.incarnation, m.state.value, m.gossip, m.http)
+        coordinates = self.coordinates
+        records = tuple(MemberRecord(m.id, m.incarnation, m.state.value, m.gossip, m.http,
+                                     coordinates.local if m.id == self.id else coordinates.get(m.id))
                         for m in self._members.values())
         return PushPull(records, tuple(self.admission.certificates.values()),
                         tuple(self.admission.revocations.values()))
@@ -249,6 +290,11 @@ class Membership:
             else:  # suspect or dead: about another member, we only suspect; about us, we refute
                 updates.append(Suspect(r.node, r.incarnation, sender))
         self._apply_updates(updates, now)
+        for r in state.members:
+            # A member's own word on its coordinate wins; another's only fills a gap or
+            # replaces what we also heard second-hand.
+            if r.coordinate is not None and r.node != self.id and (r.node == sender or r.node not in self._firsthand):
+                self._learn(r.node, r.coordinate, firsthand=r.node == sender)
 
     def admit(self, update: CertUpdate | RevokeUpdate, now: float) -> None:
         """Apply and spread a certificate or revocation made here (by the admin)."""
@@ -272,7 +318,9 @@ class Membership:
             if msg.target != self.id:
                 self._ignore("misdirected_ping")
                 return
-            self._send(addr, Ack(msg.probe), self._pool_of_id(sender))
+            if msg.coordinate is not None:
+                self._learn(sender, msg.coordinate, firsthand=True)
+            self._send(addr, Ack(msg.probe, self._coordinate_for(sender)), self._pool_of_id(sender))
         elif isinstance(msg, PingReq):
             if len(self._relays) >= self.config.max_relays:
                 self._ignore("too_many_relays")
@@ -280,20 +328,28 @@ class Membership:
             probe_no = self._next_probe_no()
             pool = self._pool_of_id(msg.target)
             timeout = self.config.probe_timeout if pool == LOCAL else self.config.cross_probe_timeout
-            self._relays[probe_no] = _Relay(addr, msg.probe, msg.target, now + self.awareness.scale(timeout))
-            self._send(msg.target_addr, Ping(probe_no, msg.target), pool)
+            self._relays[probe_no] = _Relay(addr, sender, msg.probe, msg.target, now + self.awareness.scale(timeout))
+            self._send(msg.target_addr, Ping(probe_no, msg.target, self._coordinate_for(msg.target)), pool)
         elif isinstance(msg, Ack):
             relay = self._relays.pop(msg.probe, None)
             if relay is not None:
                 if sender == relay.target:
-                    self._send(relay.requester, Ack(relay.requester_probe), LOCAL)
+                    if msg.coordinate is not None:
+                        self._learn(sender, msg.coordinate, firsthand=True)
+                    relayed = msg.coordinate if self._speaks_coordinates(relay.requester_node) else None
+                    self._send(relay.requester, Ack(relay.requester_probe, relayed), LOCAL)
                 return
             for pool, probe in self._probes.items():
                 if probe is not None and probe.probe == msg.probe and (sender == probe.target or sender in probe.helpers):
                     if sender == probe.target:
                         target = self._members.get(probe.target)
                         if target is not None:
-                            target.rtt = observe_rtt(target.rtt, now - probe.sent)
+                            rtt = now - probe.sent
+                            target.rtt = observe_rtt(target.rtt, rtt)
+                            if msg.coordinate is not None:
+                                self._observe(target.id, msg.coordinate, rtt)
+                    elif msg.coordinate is not None and probe.target not in self._firsthand:
+                        self._learn(probe.target, msg.coordinate, firsthand=False)  # relayed by a helper
                     self.awareness.apply(-1)
                     self._probes[pool] = None
                     return
@@ -315,7 +371,7 @@ class Membership:
             return
         probe = _Probe(pool, target.id, target.gossip, self._next_probe_no(), now, now + self.awareness.scale(timeout))
         self._probes[pool] = probe
-        self._send(target.gossip, Ping(probe.probe, target.id), pool)
+        self._send(target.gossip, Ping(probe.probe, target.id, self._coordinate_for(target.id)), pool)
 
     def _next_target(self, pool: str) -> Member | None:
         order = self._order[pool]
@@ -398,6 +454,8 @@ class Membership:
                 m = self._members.pop(update.revocation.node_id, None) if update.revocation.node_id != self.id \
                     else self._members.get(self.id)
                 if m is not None:
+                    if m.id != self.id:
+                        self._forget_coordinate(m.id)
                     self._emit("removed", m)
         elif isinstance(update, Alive):
             self._alive(update, now)
@@ -494,6 +552,43 @@ class Membership:
     def _queue_self(self) -> None:
         me = self._members[self.id]
         self.queue.push(("m", self.id), Alive(self.id, me.incarnation, me.gossip, me.http))
+
+    # -- coordinates --------------------------------------------------------------------------------
+
+    def _speaks_coordinates(self, node: str) -> bool:
+        """Whether ``node`` has shown it reads coordinates (we hold one it gossiped)."""
+        return self.coordinates.get(node) is not None
+
+    def _coordinate_for(self, node: str) -> Coordinate | None:
+        """Our coordinate, to put in a ping or ack for ``node``; None for a member that would drop it."""
+        return self.coordinates.local if self._speaks_coordinates(node) else None
+
+    def _usable(self, coordinate: Coordinate) -> bool:
+        if len(coordinate.vec) != self.coordinates.config.dimensions:
+            self._ignore("coordinate_dimensions")  # a member configured otherwise: no common space
+            return False
+        return True
+
+    def _learn(self, node: str, coordinate: Coordinate, firsthand: bool) -> None:
+        if node == self.id or node not in self._members or not self._usable(coordinate):
+            return
+        self.coordinates.learn(node, coordinate)
+        if firsthand:
+            self._firsthand.add(node)
+
+    def _observe(self, node: str, coordinate: Coordinate, rtt: float) -> None:
+        """A direct probe of ``node`` took ``rtt`` seconds and its ack said it sits at ``coordinate``."""
+        if not self._usable(coordinate):
+            return
+        if not (math.isfinite(rtt) and 0.0 <= rtt <= MAX_RTT_SAMPLE):
+            self._ignore("rtt_sample_out_of_range")
+            return
+        self.coordinates.observe(node, coordinate, rtt, self._vivaldi_rng)
+        self._firsthand.add(node)
+
+    def _forget_coordinate(self, node: str) -> None:
+        self.coordinates.forget(node)
+        self._firsthand.discard(node)
 
     # -- helpers ----------------------------------------------------------------------------------
 
