@@ -609,7 +609,7 @@ class Membership:
     def _emit(self, kind: str, m: Member) -> None:
         if len(self._events) == self._events.maxlen:
             self._ignore("events_overflow")
-        self._events.append(MemberEvent(kind, m.info()))
+        self._events.append(MemberEvent(kind, m.info(self._estimate(m))))
 
     def _ignore(self, reason: str) -> None:
         self.ignored[reason] = self.ignored.get(reason, 0) + 1
