@@ -262,3 +262,35 @@ def test_the_cost_model_of_the_fetch_runtime_uses_the_estimate_for_a_holder_neve
     assert estimate != DEFAULT_RTT[LinkClass.INTERNET]
     assert abs(estimate - true_rtt(truth, 0, 1)) / true_rtt(truth, 0, 1) < 0.35
     assert GossipService.rtt(SimpleNamespace(core=None), core.id, unprobed.node_id) is None
+
+
+def test_a_member_downgraded_to_an_older_version_gets_plain_pings_and_stays_alive():
+    net, _ = shaped_net(5)
+    net.run(20)
+    old = net.addr(4)
+    old_core = net.nodes[old]
+    assert all(c.coordinates.get(old_core.id) is not None for a, c in net.nodes.items() if a != old)
+    # restarted as an older version (same incarnation, no one noticed): it drops what it cannot parse
+    old_core._coordinate_for = lambda node: None
+    plain_state, plain_receive = old_core.local_state, old_core.receive
+
+    def local_state() -> PushPull:
+        s = plain_state()
+        return PushPull(tuple(MemberRecord(r.node, r.incarnation, r.state, r.gossip, r.http) for r in s.members),
+                        s.certificates, s.revocations)
+
+    def receive(sender, addr, msg, now) -> None:
+        if getattr(msg.control, "coordinate", None) is None:
+            plain_receive(sender, addr, msg, now)
+
+    old_core.local_state, old_core.receive = local_state, receive
+    net.run(30)
+    others = [c for a, c in net.nodes.items() if a != old]
+    assert all(old_core.id in c._plain for c in others)  # each missed ack made it a plain-ping member
+    net.sent.clear()
+    incarnation = old_core.incarnation
+    net.run(30)
+    assert not [d for _, dst, d in net.sent if dst == old and getattr(d.control, "coordinate", None) is not None]
+    assert old_core.incarnation == incarnation  # no more suspicions to refute
+    for core in others + [old_core]:
+        assert {m.state.value for m in core.members()} == {"alive"}

@@ -12,10 +12,14 @@ the verified node id of the envelope's signer.
 Vivaldi coordinates (``mesh.core.vivaldi``): each direct ack carries the target's coordinate, and
 its measured round trip moves ours (``Coordinates.observe``); pings, relayed acks and push-pull
 records tell us the coordinates of members we do not probe ourselves. ``rtt(a, b)`` estimates
-the round trip of any pair of members from them. A member gets a coordinate in a ping or ack only
-once it has shown it speaks them (we hold its coordinate), so a member of an older version, which
-would drop a message of the new shape, is never sent one; push-pull carries coordinates under a
-key older members ignore, and that is how two new members first learn of each other's.
+the round trip of any pair of members from them.
+
+A member of an older version drops a ping or ack of the new shape, so: a ping carries our
+coordinate only to a member we hold a coordinate of (it gossiped one: it speaks them), an ack
+carries one only if the ping it answers did, and push-pull carries them under a key older
+members ignore (that is how two new members first learn of each other's). A member that does
+not answer a ping that carried a coordinate gets plain pings from then on (it may have been
+downgraded), until it sends us a coordinate itself.
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ class _Probe:
     indirect: bool = False
     helpers: tuple[str, ...] = ()
     nacks: int = 0
+    coordinated: bool = False  # our ping carried a coordinate
 
 
 @dataclass
@@ -109,6 +114,7 @@ class _Relay:
     requester_probe: int
     target: str
     deadline: float
+    coordinated: bool = False  # our ping to the target carried a coordinate
 
 
 @dataclass
@@ -141,6 +147,7 @@ class Membership:
         # use of ``rng`` stay what they were without coordinates.
         self._vivaldi_rng = random.Random(hash(rng.getstate()[1]))  # the ints only: stable across runs
         self._firsthand: set[str] = set()  # members whose coordinate we heard from themselves
+        self._plain: set[str] = set()  # members that missed a ping with a coordinate: no more until they send one
         self._members: dict[str, Member] = {
             node_id: Member(node_id, cluster, role, gossip, http, MemberState.ALIVE, incarnation, now)}
         self._out: list[Outgoing] = []
@@ -216,6 +223,8 @@ class Membership:
         for probe_no, relay in list(self._relays.items()):
             if now >= relay.deadline:
                 del self._relays[probe_no]
+                if relay.coordinated:
+                    self._plain.add(relay.target)
                 self._send(relay.requester, Nack(relay.requester_probe), LOCAL)
         for node, s in list(self._suspicions.items()):
             if now >= s.deadline:
@@ -318,9 +327,11 @@ class Membership:
             if msg.target != self.id:
                 self._ignore("misdirected_ping")
                 return
-            if msg.coordinate is not None:
+            coordinate = None
+            if msg.coordinate is not None:  # the pinger reads coordinates: the ack carries ours
                 self._learn(sender, msg.coordinate, firsthand=True)
-            self._send(addr, Ack(msg.probe, self._coordinate_for(sender)), self._pool_of_id(sender))
+                coordinate = self.coordinates.local
+            self._send(addr, Ack(msg.probe, coordinate), self._pool_of_id(sender))
         elif isinstance(msg, PingReq):
             if len(self._relays) >= self.config.max_relays:
                 self._ignore("too_many_relays")
@@ -328,8 +339,10 @@ class Membership:
             probe_no = self._next_probe_no()
             pool = self._pool_of_id(msg.target)
             timeout = self.config.probe_timeout if pool == LOCAL else self.config.cross_probe_timeout
-            self._relays[probe_no] = _Relay(addr, sender, msg.probe, msg.target, now + self.awareness.scale(timeout))
-            self._send(msg.target_addr, Ping(probe_no, msg.target, self._coordinate_for(msg.target)), pool)
+            coordinate = self._coordinate_for(msg.target)
+            self._relays[probe_no] = _Relay(addr, sender, msg.probe, msg.target, now + self.awareness.scale(timeout),
+                                            coordinate is not None)
+            self._send(msg.target_addr, Ping(probe_no, msg.target, coordinate), pool)
         elif isinstance(msg, Ack):
             relay = self._relays.pop(msg.probe, None)
             if relay is not None:
@@ -369,9 +382,11 @@ class Membership:
         target = self._next_target(pool)
         if target is None:
             return
-        probe = _Probe(pool, target.id, target.gossip, self._next_probe_no(), now, now + self.awareness.scale(timeout))
+        coordinate = self._coordinate_for(target.id)
+        probe = _Probe(pool, target.id, target.gossip, self._next_probe_no(), now, now + self.awareness.scale(timeout),
+                       coordinated=coordinate is not None)
         self._probes[pool] = probe
-        self._send(target.gossip, Ping(probe.probe, target.id, self._coordinate_for(target.id)), pool)
+        self._send(target.gossip, Ping(probe.probe, target.id, coordinate), pool)
 
     def _next_target(self, pool: str) -> Member | None:
         order = self._order[pool]
@@ -387,6 +402,8 @@ class Membership:
 
     def _probe_deadline(self, probe: _Probe, now: float) -> None:
         if not probe.indirect:
+            if probe.coordinated:
+                self._plain.add(probe.target)
             interval = self.config.probe_interval if probe.pool == LOCAL else self.config.cross_probe_interval
             helpers = [m for m in self._members.values()
                        if m.id not in (self.id, probe.target) and m.state == MemberState.ALIVE]
@@ -556,8 +573,9 @@ class Membership:
     # -- coordinates --------------------------------------------------------------------------------
 
     def _speaks_coordinates(self, node: str) -> bool:
-        """Whether ``node`` has shown it reads coordinates (we hold one it gossiped)."""
-        return self.coordinates.get(node) is not None
+        """Whether ``node`` reads coordinates: we hold one it gossiped, and it has not missed a ping
+        with one since it last sent us one itself."""
+        return node not in self._plain and self.coordinates.get(node) is not None
 
     def _coordinate_for(self, node: str) -> Coordinate | None:
         """Our coordinate, to put in a ping or ack for ``node``; None for a member that would drop it."""
@@ -575,6 +593,7 @@ class Membership:
         self.coordinates.learn(node, coordinate)
         if firsthand:
             self._firsthand.add(node)
+            self._plain.discard(node)
 
     def _observe(self, node: str, coordinate: Coordinate, rtt: float) -> None:
         """A direct probe of ``node`` took ``rtt`` seconds and its ack said it sits at ``coordinate``."""
@@ -585,10 +604,12 @@ class Membership:
             return
         self.coordinates.observe(node, coordinate, rtt, self._vivaldi_rng)
         self._firsthand.add(node)
+        self._plain.discard(node)
 
     def _forget_coordinate(self, node: str) -> None:
         self.coordinates.forget(node)
         self._firsthand.discard(node)
+        self._plain.discard(node)
 
     # -- helpers ----------------------------------------------------------------------------------
 
