@@ -13,6 +13,10 @@ RTT and the coordinate the peer gossiped along with its ack.
 
 Sans-IO: no clock; randomness (only to separate two coincident points) comes from the
 ``random.Random`` passed in. A coordinate from the wire is validated in ``Coordinate.from_wire``.
+
+On the wire a coordinate is one msgpack bin of little-endian float32: height, error, then the
+vector (42 bytes for 8 dimensions, against 92 as a list of float64; float32 keeps 7 digits, far
+finer than any RTT sample).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import struct
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
@@ -68,26 +73,23 @@ class Coordinate:
             raise ValueError("coordinates of different dimensions")
         return math.dist(self.vec, other.vec) + self.height + other.height
 
-    def to_wire(self) -> list[Any]:
-        return [list(self.vec), self.height, self.error]
+    def to_wire(self) -> bytes:
+        return struct.pack(f"<{2 + len(self.vec)}f", self.height, self.error, *self.vec)
 
     @classmethod
     def from_wire(cls, obj: Any, config: VivaldiConfig | None = None) -> Coordinate:
-        """Strict: ``[vec, height, error]`` with ``config.dimensions`` numbers in ``vec`` (any count from 1
-        to ``MAX_DIMENSIONS`` without a config), every value a finite int or float (no bool, no
-        string) within ``MAX_COORDINATE``, height and error not negative."""
-        if not isinstance(obj, list) or len(obj) != 3:
-            raise ProtocolError("malformed_coordinate", "a coordinate is [vec, height, error]")
-        vec, height, error = obj
-        if not isinstance(vec, list) or not (len(vec) == config.dimensions if config is not None
-                                             else 0 < len(vec) <= MAX_DIMENSIONS):
-            raise ProtocolError("malformed_coordinate", "vec has the wrong number of components")
-        values = (*vec, height, error)
-        if not all(type(v) is float or type(v) is int for v in values):
-            raise ProtocolError("malformed_coordinate", "coordinate components must be numbers")
+        """Strict: bytes holding float32 height, error and ``config.dimensions`` components (any count
+        from 1 to ``MAX_DIMENSIONS`` without a config), every value finite and within
+        ``MAX_COORDINATE``, height and error not negative."""
+        if not isinstance(obj, bytes) or len(obj) % 4:
+            raise ProtocolError("malformed_coordinate", "a coordinate is bytes of float32 values")
+        dims = len(obj) // 4 - 2
+        if not (dims == config.dimensions if config is not None else 0 < dims <= MAX_DIMENSIONS):
+            raise ProtocolError("malformed_coordinate", f"{dims} components")
+        height, error, *vec = struct.unpack(f"<{dims + 2}f", obj)
         try:
-            return cls(tuple(float(v) for v in vec), float(height), float(error))
-        except (OverflowError, ValueError) as exc:
+            return cls(tuple(vec), height, error)
+        except ValueError as exc:
             raise ProtocolError("malformed_coordinate", str(exc)) from exc
 
 

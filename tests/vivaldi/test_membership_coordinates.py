@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import struct
 from types import SimpleNamespace
 
 import pytest
@@ -178,7 +179,7 @@ def test_a_coordinate_of_another_dimension_is_ignored_and_the_ack_still_counts()
 
 # -- wire ------------------------------------------------------------------------------------------
 
-COORD = Coordinate(tuple(0.001 * i for i in range(DIMS)), 0.0005, 0.4)
+COORD = Coordinate.from_wire(Coordinate(tuple(0.001 * i for i in range(DIMS)), 0.0005, 0.4).to_wire())  # float32
 
 
 def roundtrip(obj):
@@ -189,17 +190,22 @@ def test_ping_and_ack_with_and_without_a_coordinate_round_trip():
     node = ident(1).node_id
     for msg in (Ping(3, node), Ping(3, node, COORD), Ack(4), Ack(4, COORD)):
         assert control_from_wire(roundtrip(msg.to_wire())) == msg
+    assert len(pack(Ack(4, COORD).to_wire())) - len(pack(Ack(4).to_wire())) == 2 + 4 * (DIMS + 2)
     assert Ping(3, node).to_wire() == ["ping", 3, node]  # the shape an older member reads
     assert Ack(4).to_wire() == ["ack", 4]
 
 
+def f32(*values: float) -> bytes:
+    return struct.pack(f"<{len(values)}f", *values)
+
+
 BAD_COORDINATES = [
-    None, "x", [], [[0.0] * DIMS, 0.0], [[0.0] * DIMS, 0.0, 0.0, 0.0], [[], 0.0, 0.0], [[0.0] * 33, 0.0, 0.0],
-    [[0.0] * (DIMS - 1) + ["1.0"], 0.0, 0.0], [[0.0] * (DIMS - 1) + [True], 0.0, 0.0],
-    [[0.0] * (DIMS - 1) + [math.nan], 0.0, 0.0], [[0.0] * (DIMS - 1) + [math.inf], 0.0, 0.0],
-    [[0.0] * (DIMS - 1) + [1e5], 0.0, 0.0], [[0.0] * (DIMS - 1) + [10**400], 0.0, 0.0],
-    [[0.0] * DIMS, -0.001, 0.1], [[0.0] * DIMS, 0.001, -0.1], [[0.0] * DIMS, "0.001", 0.1],
-    [[0.0] * DIMS, 0.001, None], [{"0": 0.0}, 0.001, 0.1],
+    None, "x" * 40, 1.5, [[0.0] * DIMS, 0.001, 0.1],  # not bytes (the last: a list of floats)
+    b"", f32(0.001, 0.1), f32(0.001, 0.1, *[0.0] * 33), f32(0.001, 0.1, *[0.0] * DIMS)[:-1],  # sizes
+    f32(0.001, 0.1, *[0.0] * (DIMS - 1), math.nan), f32(0.001, 0.1, *[0.0] * (DIMS - 1), math.inf),
+    f32(0.001, 0.1, *[0.0] * (DIMS - 1), -math.inf), f32(math.nan, 0.1, *[0.0] * DIMS),
+    f32(0.001, 0.1, *[0.0] * (DIMS - 1), 1e5), f32(1e30, 0.1, *[0.0] * DIMS),  # magnitude
+    f32(-0.001, 0.1, *[0.0] * DIMS), f32(0.001, -0.1, *[0.0] * DIMS),  # negative height or error
 ]
 
 
