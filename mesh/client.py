@@ -171,7 +171,7 @@ class Client:
 
     # -- mesh -------------------------------------------------------------------------------------
     def members(self) -> dict[str, Any]:
-        """{"self": id, "members": [{id, cluster, role, address, http, state, incarnation, rtt_ms}]}"""
+        """{"self": id, "members": [{id, cluster, role, address, http, state, incarnation, rtt_ms, rtt_estimate_ms}]}"""
         return self._json("GET", "/v1/members")
 
     def where(self, key: str) -> dict[str, Any]:

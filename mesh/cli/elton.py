@@ -184,17 +184,21 @@ def stat(client: Client, ref: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def members(client: Client, as_json: bool) -> None:
-    """The mesh as this host sees it: id, cluster, role, address, state, incarnation, round-trip time."""
+    """The mesh as this host sees it: id, cluster, role, address, state, incarnation, round-trip time
+    (RTT: measured by this host's probes; EST: the estimate the cost model uses, that RTT or else the
+    Vivaldi coordinates' distance)."""
     view = client.members()
     if as_json:
         click.echo(json.dumps(view["members"]))
         return
-    click.echo(f"{'ID':14} {'CLUSTER':12} {'ROLE':7} {'ADDRESS':22} {'STATE':8} {'INC':>5} {'RTT':>9}")
+    click.echo(f"{'ID':14} {'CLUSTER':12} {'ROLE':7} {'ADDRESS':22} {'STATE':8} {'INC':>5} {'RTT':>9} {'EST':>9}")
     for m in sorted(view["members"], key=lambda m: (m["cluster"], m["id"])):
         rtt = "-" if m["rtt_ms"] is None else f"{m['rtt_ms']:.2f} ms"
+        est = m.get("rtt_estimate_ms")  # absent from an older daemon
+        est = "-" if est is None else f"{est:.2f} ms"
         me = " (self)" if m["id"] == view["self"] else ""
         click.echo(f"{m['id'][:12]:14} {m['cluster'][:12]:12} {m['role']:7} {m['address']:22} {m['state']:8} "
-                   f"{m['incarnation']:>5} {rtt:>9}{me}")
+                   f"{m['incarnation']:>5} {rtt:>9} {est:>9}{me}")
 
 
 @cli.command()

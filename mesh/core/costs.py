@@ -8,7 +8,8 @@ The expected cost of fetching ``n`` bytes from a holder, in USD::
 - ``price_per_gb(link)``: the price of the link class between the two hosts (``host`` and
   ``lan`` are inside one cluster; a cluster pair has a class, ``internet`` unless configured),
   or a per-pair price override. GB means 10**9 bytes, as cloud providers bill egress.
-- ``rtt``: estimated from Vivaldi coordinates (``mesh.core.vivaldi``), else a default per class.
+- ``rtt``: from the RTT source (in the daemon ``Membership.rtt``: the direct probes' smoothed RTT,
+  else the distance of Vivaldi coordinates, ``mesh.core.vivaldi``), else a default per class.
 - ``bandwidth``: an EWMA of past transfers from that holder, else from that cluster pair, else
   a default per class (bytes per second).
 - ``queued``: bytes this reader already has in flight from the same holder; they share its

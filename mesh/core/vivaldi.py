@@ -13,6 +13,10 @@ RTT and the coordinate the peer gossiped along with its ack.
 
 Sans-IO: no clock; randomness (only to separate two coincident points) comes from the
 ``random.Random`` passed in. A coordinate from the wire is validated in ``Coordinate.from_wire``.
+
+On the wire a coordinate is one msgpack bin of little-endian float32: height, error, then the
+vector (42 bytes for 8 dimensions, against 92 as a list of float64; float32 keeps 7 digits, far
+finer than any RTT sample).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import struct
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +34,7 @@ from mesh.errors import ProtocolError
 ZERO = 1.0e-6  # below this a distance is treated as zero (seconds)
 MAX_COORDINATE = 1.0e4  # no real component or height is this large; a peer that says so is lying
 MAX_RTT_SAMPLE = 60.0  # a longer "round trip" is a stall, not a distance
+MAX_DIMENSIONS = 32  # a coordinate from the wire has at most this many components
 
 
 @dataclass(frozen=True)
@@ -67,17 +73,23 @@ class Coordinate:
             raise ValueError("coordinates of different dimensions")
         return math.dist(self.vec, other.vec) + self.height + other.height
 
-    def to_wire(self) -> list[Any]:
-        return [list(self.vec), self.height, self.error]
+    def to_wire(self) -> bytes:
+        return struct.pack(f"<{2 + len(self.vec)}f", self.height, self.error, *self.vec)
 
     @classmethod
-    def from_wire(cls, obj: Any, config: VivaldiConfig) -> Coordinate:
+    def from_wire(cls, obj: Any, config: VivaldiConfig | None = None) -> Coordinate:
+        """Strict: bytes holding float32 height, error and ``config.dimensions`` components (any count
+        from 1 to ``MAX_DIMENSIONS`` without a config), every value finite and within
+        ``MAX_COORDINATE``, height and error not negative."""
+        if not isinstance(obj, bytes) or len(obj) % 4:
+            raise ProtocolError("malformed_coordinate", "a coordinate is bytes of float32 values")
+        dims = len(obj) // 4 - 2
+        if not (dims == config.dimensions if config is not None else 0 < dims <= MAX_DIMENSIONS):
+            raise ProtocolError("malformed_coordinate", f"{dims} components")
+        height, error, *vec = struct.unpack(f"<{dims + 2}f", obj)
         try:
-            vec, height, error = obj
-            if not isinstance(vec, list) or len(vec) != config.dimensions:
-                raise ValueError("wrong dimensions")
-            return cls(tuple(float(v) for v in vec), float(height), float(error))
-        except (TypeError, ValueError) as exc:
+            return cls(tuple(vec), height, error)
+        except ValueError as exc:
             raise ProtocolError("malformed_coordinate", str(exc)) from exc
 
 

@@ -9,7 +9,8 @@ other masters of the key's replica set (``IssuerService.where``). Every manifest
 against its signature, its key and version, and its issuer's admission before it is used.
 
 Chunks. ``fetch`` runs one ``FetchPlanner`` per read, with holders looked up at every cluster's
-master (``HolderService.lookup``), costs from ``[costs]``, RTT from the membership probes and
+master (``HolderService.lookup``), costs from ``[costs]``, RTT from the membership probes (direct,
+else Vivaldi coordinates gossiped with them: ``GossipService.rtt``) and
 bandwidth learned from past transfers (one ``CostModel`` per host). Its effects are carried out
 in order by one worker: requests go out as ``fetch_chunks`` streams (one per chunk, encrypted
 across clusters, at most ``max_parallel`` at once, each with the planner's deadline), claims and
@@ -107,7 +108,9 @@ class MeshRemote:
             gossip.register_stream_handler(VERSIONS_KIND, self._on_versions)
 
     def _rtt(self, a: str, b: str) -> float | None:
-        return self.holders.rtt(b if a == self.id else a)
+        """The cost model's RTT source: our direct probe RTT when we probed the holder, else the
+        Vivaldi estimate (``GossipService.rtt``), so a holder we never probe still gets one."""
+        return self.gossip.rtt(a, b)
 
     # -- manifests: the asking side -----------------------------------------------------------------
 

@@ -270,6 +270,11 @@ class GossipService:
     def members(self) -> list[MemberInfo]:
         return [] if self.core is None else self.core.members()
 
+    def rtt(self, a: str, b: str) -> float | None:
+        """Estimated round-trip time between two members, seconds (``Membership.rtt``): from this host,
+        the smoothed RTT of its own probes when it has one, else the Vivaldi distance; None if unknown."""
+        return None if self.core is None else self.core.rtt(a, b)
+
     def drain_events(self) -> list[MemberEvent]:
         events = list(self._events)
         self._events.clear()

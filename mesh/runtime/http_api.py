@@ -152,7 +152,8 @@ async def stream_body(request: web.Request, resp: web.StreamResponse, chunks: As
 def member_json(m: Any) -> dict[str, Any]:
     return {"id": m.id, "cluster": m.cluster, "role": m.role, "address": f"{m.gossip[0]}:{m.gossip[1]}",
             "http": m.http, "state": m.state.value, "incarnation": m.incarnation,
-            "rtt_ms": None if m.rtt is None else round(m.rtt * 1000, 3)}
+            "rtt_ms": None if m.rtt is None else round(m.rtt * 1000, 3),
+            "rtt_estimate_ms": None if m.rtt_estimate is None else round(m.rtt_estimate * 1000, 3)}
 
 
 class Api:

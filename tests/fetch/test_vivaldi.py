@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import struct
 
 import pytest
 
@@ -61,9 +62,14 @@ def test_peer_table_is_bounded() -> None:
     assert [c.get(str(i)) is not None for i in range(10)] == [False] * 7 + [True] * 3
 
 
+def _f32(*values: float) -> bytes:
+    return struct.pack(f"<{len(values)}f", *values)
+
+
 @pytest.mark.parametrize("wire", [
-    None, [[0.0], 0.0, 0.0], [[0.0, "x"], 0.0, 0.0], [[0.0, float("inf")], 0.0, 0.0], [[0.0, 0.0], -1.0, 0.0],
-    [[1e9, 0.0], 0.0, 0.0], [[0.0, 0.0], 0.0],
+    None, [[0.0, 0.0], 0.0, 0.0], "x" * 16, _f32(0.0, 0.0, 0.0), _f32(0.0, 0.0, 0.0, 0.0, 0.0), _f32(0, 0, 0, 0)[:-1],
+    _f32(0.0, 0.0, 0.0, float("inf")), _f32(0.0, 0.0, float("nan"), 0.0), _f32(-1.0, 0.0, 0.0, 0.0),
+    _f32(0.0, -0.5, 0.0, 0.0), _f32(0.0, 0.0, 1e9, 0.0),
 ])
 def test_bad_coordinates_from_the_wire_are_dropped(wire: object) -> None:
     with pytest.raises(ProtocolError):
@@ -73,7 +79,10 @@ def test_bad_coordinates_from_the_wire_are_dropped(wire: object) -> None:
 def test_wire_round_trip() -> None:
     cfg = VivaldiConfig(dimensions=2)
     c = Coordinate((0.1, -0.2), 0.003, 0.4)
-    assert Coordinate.from_wire(c.to_wire(), cfg) == c
+    back = Coordinate.from_wire(c.to_wire(), cfg)
+    assert back.vec == pytest.approx(c.vec, rel=1e-6) and back.height == pytest.approx(c.height, rel=1e-6)
+    assert back.error == pytest.approx(c.error, rel=1e-6) and len(c.to_wire()) == 16
+    assert Coordinate.from_wire(back.to_wire(), cfg) == back  # float32 values survive exactly
 
 
 def test_rtt_sample_out_of_range_is_our_bug() -> None:

@@ -88,6 +88,16 @@ def test_nine_hosts_converge_to_one_view(mesh):
     some = next(iter(views.values()))["members"]
     assert sorted({m["cluster"] for m in some}) == ["c1", "c2", "c3"]
     assert sorted(m["role"] for m in some).count("master") == 3
+    # every host has an RTT estimate (its probes' or the Vivaldi coordinates') for every other alive one
+    deadline = time.time() + 30
+    while True:
+        missing = {n: [m["id"][:8] for m in v["members"] if m["id"] != v["self"] and m["state"] == "alive"
+                       and m["rtt_estimate_ms"] is None] for n, v in views.items()}
+        if not any(missing.values()):
+            break
+        assert time.time() < deadline, f"no RTT estimate: {missing}"
+        time.sleep(0.5)
+        views = {n: view(mesh, n) for n in views}
 
 
 def test_killed_master_is_dead_everywhere_in_time_and_rejoins(mesh):

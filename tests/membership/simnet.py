@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mesh.core.admission import AdmissionState, issue_certificate
@@ -36,6 +37,7 @@ class SimNet:
     slow: dict[Addr, float] = field(default_factory=dict)  # extra delay of everything a host receives
     sent: list[tuple[Addr, Addr, Datagram]] = field(default_factory=list)
     side: dict[Addr, int] = field(default_factory=dict)  # during a partition: which side a host is on
+    one_way: Callable[[Addr, Addr], float] | None = None  # per-pair one-way delay, instead of ``latency``
     _heap: list = field(default_factory=list)
     _seq: int = 0
 
@@ -98,7 +100,8 @@ class SimNet:
             if self.rng.random() < self.loss:
                 continue
             self._seq += 1
-            delay = self.latency + self.slow.get(out.addr, 0.0) + self.slow.get(src, 0.0)
+            base = self.latency if self.one_way is None else self.one_way(src, out.addr)
+            delay = base + self.slow.get(out.addr, 0.0) + self.slow.get(src, 0.0)
             heapq.heappush(self._heap, (self.now + delay, self._seq, src, out.addr, wire))
 
     def run(self, duration: float) -> None:

@@ -33,6 +33,14 @@ def test_five_members_join_with_a_token_and_converge(tmp_path):
             assert not (tmp_path / "host1" / MESH_DIR / ADMIN_KEY_FILE).exists()
             await asyncio.sleep(0.5)
             assert any(m.rtt is not None for m in services[1].members() if m.id != services[1].id)
+            # every member has an RTT estimate from every other (direct, or Vivaldi coordinates)
+            await wait_for(lambda: all(m.rtt_estimate is not None and s.rtt(s.id, m.id) == m.rtt_estimate
+                                       for s in services for m in s.members() if m.id != s.id), 5, "estimates")
+            # every member holds every other's coordinate and measured round trips moved its own off the
+            # origin (how well they fit is for the virtual-clock tests: loopback RTTs are mostly jitter)
+            await wait_for(lambda: all(s.core is not None and any(s.core.coordinates.local.vec)
+                                       and all(s.core.coordinates.get(t.id) is not None for t in services if t is not s)
+                                       for s in services), 5, "coordinates")
             kinds = {e.kind for e in first.drain_events()}
             assert "joined" in kinds
         finally:

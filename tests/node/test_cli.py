@@ -116,7 +116,7 @@ def test_members_and_mesh_commands(shared_eltond):
     js = json.loads(elton(shared_eltond, "members", "--json").stdout)
     assert [(m["id"], m["state"], m["role"], m["cluster"]) for m in js] == [(me, "alive", "both", "default")]
     table = elton(shared_eltond, "members").stdout.splitlines()
-    assert table[0].split() == ["ID", "CLUSTER", "ROLE", "ADDRESS", "STATE", "INC", "RTT"]
+    assert table[0].split() == ["ID", "CLUSTER", "ROLE", "ADDRESS", "STATE", "INC", "RTT", "EST"]
     assert table[1].startswith(me[:12]) and table[1].endswith("(self)")
     token = elton(shared_eltond, "mesh", "token", "--ttl", "60").stdout.strip()
     assert token.startswith("ELTON1-")

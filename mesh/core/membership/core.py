@@ -8,10 +8,23 @@ to often); members of other clusters form the cross pool (less often, fewer targ
 
 The runtime checks signatures, admission and replays before calling ``receive``; ``sender`` is
 the verified node id of the envelope's signer.
+
+Vivaldi coordinates (``mesh.core.vivaldi``): each direct ack carries the target's coordinate, and
+its measured round trip moves ours (``Coordinates.observe``); pings, relayed acks and push-pull
+records tell us the coordinates of members we do not probe ourselves. ``rtt(a, b)`` estimates
+the round trip of any pair of members from them.
+
+A member of an older version drops a ping or ack of the new shape, so: a ping carries our
+coordinate only to a member we hold a coordinate of (it gossiped one: it speaks them), an ack
+carries one only if the ping it answers did, and push-pull carries them under a key older
+members ignore (that is how two new members first learn of each other's). A member that does
+not answer a ping that carried a coordinate gets plain pings from then on (it may have been
+downgraded), until it sends us a coordinate itself.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -48,6 +61,7 @@ from mesh.core.membership.state import (
     suspect_wins,
 )
 from mesh.core.membership.suspicion import expected_confirmations, suspicion_deadline, suspicion_timeouts
+from mesh.core.vivaldi import MAX_RTT_SAMPLE, Coordinate, Coordinates, VivaldiConfig
 from mesh.errors import ProtocolError
 
 LOCAL, CROSS = "local", "cross"
@@ -90,14 +104,17 @@ class _Probe:
     indirect: bool = False
     helpers: tuple[str, ...] = ()
     nacks: int = 0
+    coordinated: bool = False  # our ping carried a coordinate
 
 
 @dataclass
 class _Relay:
     requester: Addr
+    requester_node: str
     requester_probe: int
     target: str
     deadline: float
+    coordinated: bool = False  # our ping to the target carried a coordinate
 
 
 @dataclass
@@ -113,7 +130,8 @@ class _Suspicion:
 
 class Membership:
     def __init__(self, *, node_id: str, cluster: str, role: str, gossip: Addr, http: str, incarnation: int,
-                 admission: AdmissionState, config: Config, rng: random.Random, now: float) -> None:
+                 admission: AdmissionState, config: Config, rng: random.Random, now: float,
+                 vivaldi: VivaldiConfig | None = None) -> None:
         self.id = node_id
         self.cluster = cluster
         self.config = config
@@ -123,6 +141,13 @@ class Membership:
         self.queue: BroadcastQueue[Update] = BroadcastQueue(config.retransmit_mult, config.max_broadcasts)
         self.ignored: dict[str, int] = {}  # updates we did not apply, by reason
         self.leaving = False
+        self.coordinates = Coordinates(vivaldi)  # ours, and those the members gossiped
+        # Vivaldi draws (a direction to leave a point shared with a peer) come from a generator
+        # seeded from ``rng``'s state without drawing from it, so the probe order and every other
+        # use of ``rng`` stay what they were without coordinates.
+        self._vivaldi_rng = random.Random(hash(rng.getstate()[1]))  # the ints only: stable across runs
+        self._firsthand: set[str] = set()  # members whose coordinate we heard from themselves
+        self._plain: set[str] = set()  # members that missed a ping with a coordinate: no more until they send one
         self._members: dict[str, Member] = {
             node_id: Member(node_id, cluster, role, gossip, http, MemberState.ALIVE, incarnation, now)}
         self._out: list[Outgoing] = []
@@ -149,11 +174,31 @@ class Membership:
         return self._members[self.id].incarnation
 
     def members(self) -> list[MemberInfo]:
-        return [m.info() for _, m in sorted(self._members.items())]
+        return [m.info(self._estimate(m)) for _, m in sorted(self._members.items())]
 
     def member(self, node_id: str) -> MemberInfo | None:
         m = self._members.get(node_id)
-        return None if m is None else m.info()
+        return None if m is None else m.info(self._estimate(m))
+
+    def rtt(self, a: str, b: str) -> float | None:
+        """Estimated round-trip time between members ``a`` and ``b``, seconds, or None if unknown.
+
+        From us to a member: the smoothed RTT of our direct probes when we have one, else the
+        Vivaldi distance; between two other members: the Vivaldi distance of their coordinates."""
+        if a == b:
+            return 0.0
+        if b == self.id:
+            a, b = b, a
+        if a == self.id:
+            m = self._members.get(b)
+            if m is not None and m.rtt is not None:
+                return m.rtt
+        return self.coordinates.rtt(a, b, me=self.id)
+
+    def _estimate(self, m: Member) -> float | None:
+        if m.id == self.id:
+            return None
+        return m.rtt if m.rtt is not None else self.coordinates.rtt(self.id, m.id, me=self.id)
 
     def drain_events(self) -> list[MemberEvent]:
         events = list(self._events)
@@ -178,6 +223,8 @@ class Membership:
         for probe_no, relay in list(self._relays.items()):
             if now >= relay.deadline:
                 del self._relays[probe_no]
+                if relay.coordinated:
+                    self._plain.add(relay.target)
                 self._send(relay.requester, Nack(relay.requester_probe), LOCAL)
         for node, s in list(self._suspicions.items()):
             if now >= s.deadline:
@@ -208,6 +255,7 @@ class Membership:
         for node, m in list(self._members.items()):
             if not m.reachable and node != self.id and now >= m.since + self._keep_for(m):
                 del self._members[node]
+                self._forget_coordinate(node)
                 self._emit("removed", m)
 
     def _keep_for(self, m: Member) -> float:
@@ -232,7 +280,9 @@ class Membership:
     # -- push-pull, admission, leave ---------------------------------------------------------------
 
     def local_state(self) -> PushPull:
-        records = tuple(MemberRecord(m.id, m.incarnation, m.state.value, m.gossip, m.http)
+        coordinates = self.coordinates
+        records = tuple(MemberRecord(m.id, m.incarnation, m.state.value, m.gossip, m.http,
+                                     coordinates.local if m.id == self.id else coordinates.get(m.id))
                         for m in self._members.values())
         return PushPull(records, tuple(self.admission.certificates.values()),
                         tuple(self.admission.revocations.values()))
@@ -249,6 +299,11 @@ class Membership:
             else:  # suspect or dead: about another member, we only suspect; about us, we refute
                 updates.append(Suspect(r.node, r.incarnation, sender))
         self._apply_updates(updates, now)
+        for r in state.members:
+            # A member's own word on its coordinate wins; another's only fills a gap or
+            # replaces what we also heard second-hand.
+            if r.coordinate is not None and r.node != self.id and (r.node == sender or r.node not in self._firsthand):
+                self._learn(r.node, r.coordinate, firsthand=r.node == sender)
 
     def admit(self, update: CertUpdate | RevokeUpdate, now: float) -> None:
         """Apply and spread a certificate or revocation made here (by the admin)."""
@@ -272,7 +327,11 @@ class Membership:
             if msg.target != self.id:
                 self._ignore("misdirected_ping")
                 return
-            self._send(addr, Ack(msg.probe), self._pool_of_id(sender))
+            coordinate = None
+            if msg.coordinate is not None:  # the pinger reads coordinates: the ack carries ours
+                self._learn(sender, msg.coordinate, firsthand=True)
+                coordinate = self.coordinates.local
+            self._send(addr, Ack(msg.probe, coordinate), self._pool_of_id(sender))
         elif isinstance(msg, PingReq):
             if len(self._relays) >= self.config.max_relays:
                 self._ignore("too_many_relays")
@@ -280,20 +339,30 @@ class Membership:
             probe_no = self._next_probe_no()
             pool = self._pool_of_id(msg.target)
             timeout = self.config.probe_timeout if pool == LOCAL else self.config.cross_probe_timeout
-            self._relays[probe_no] = _Relay(addr, msg.probe, msg.target, now + self.awareness.scale(timeout))
-            self._send(msg.target_addr, Ping(probe_no, msg.target), pool)
+            coordinate = self._coordinate_for(msg.target)
+            self._relays[probe_no] = _Relay(addr, sender, msg.probe, msg.target, now + self.awareness.scale(timeout),
+                                            coordinate is not None)
+            self._send(msg.target_addr, Ping(probe_no, msg.target, coordinate), pool)
         elif isinstance(msg, Ack):
             relay = self._relays.pop(msg.probe, None)
             if relay is not None:
                 if sender == relay.target:
-                    self._send(relay.requester, Ack(relay.requester_probe), LOCAL)
+                    if msg.coordinate is not None:
+                        self._learn(sender, msg.coordinate, firsthand=True)
+                    relayed = msg.coordinate if self._speaks_coordinates(relay.requester_node) else None
+                    self._send(relay.requester, Ack(relay.requester_probe, relayed), LOCAL)
                 return
             for pool, probe in self._probes.items():
                 if probe is not None and probe.probe == msg.probe and (sender == probe.target or sender in probe.helpers):
                     if sender == probe.target:
                         target = self._members.get(probe.target)
                         if target is not None:
-                            target.rtt = observe_rtt(target.rtt, now - probe.sent)
+                            rtt = now - probe.sent
+                            target.rtt = observe_rtt(target.rtt, rtt)
+                            if msg.coordinate is not None:
+                                self._observe(target.id, msg.coordinate, rtt)
+                    elif msg.coordinate is not None and probe.target not in self._firsthand:
+                        self._learn(probe.target, msg.coordinate, firsthand=False)  # relayed by a helper
                     self.awareness.apply(-1)
                     self._probes[pool] = None
                     return
@@ -313,9 +382,11 @@ class Membership:
         target = self._next_target(pool)
         if target is None:
             return
-        probe = _Probe(pool, target.id, target.gossip, self._next_probe_no(), now, now + self.awareness.scale(timeout))
+        coordinate = self._coordinate_for(target.id)
+        probe = _Probe(pool, target.id, target.gossip, self._next_probe_no(), now, now + self.awareness.scale(timeout),
+                       coordinated=coordinate is not None)
         self._probes[pool] = probe
-        self._send(target.gossip, Ping(probe.probe, target.id), pool)
+        self._send(target.gossip, Ping(probe.probe, target.id, coordinate), pool)
 
     def _next_target(self, pool: str) -> Member | None:
         order = self._order[pool]
@@ -331,6 +402,8 @@ class Membership:
 
     def _probe_deadline(self, probe: _Probe, now: float) -> None:
         if not probe.indirect:
+            if probe.coordinated:
+                self._plain.add(probe.target)
             interval = self.config.probe_interval if probe.pool == LOCAL else self.config.cross_probe_interval
             helpers = [m for m in self._members.values()
                        if m.id not in (self.id, probe.target) and m.state == MemberState.ALIVE]
@@ -398,6 +471,8 @@ class Membership:
                 m = self._members.pop(update.revocation.node_id, None) if update.revocation.node_id != self.id \
                     else self._members.get(self.id)
                 if m is not None:
+                    if m.id != self.id:
+                        self._forget_coordinate(m.id)
                     self._emit("removed", m)
         elif isinstance(update, Alive):
             self._alive(update, now)
@@ -495,6 +570,47 @@ class Membership:
         me = self._members[self.id]
         self.queue.push(("m", self.id), Alive(self.id, me.incarnation, me.gossip, me.http))
 
+    # -- coordinates --------------------------------------------------------------------------------
+
+    def _speaks_coordinates(self, node: str) -> bool:
+        """Whether ``node`` reads coordinates: we hold one it gossiped, and it has not missed a ping
+        with one since it last sent us one itself."""
+        return node not in self._plain and self.coordinates.get(node) is not None
+
+    def _coordinate_for(self, node: str) -> Coordinate | None:
+        """Our coordinate, to put in a ping or ack for ``node``; None for a member that would drop it."""
+        return self.coordinates.local if self._speaks_coordinates(node) else None
+
+    def _usable(self, coordinate: Coordinate) -> bool:
+        if len(coordinate.vec) != self.coordinates.config.dimensions:
+            self._ignore("coordinate_dimensions")  # a member configured otherwise: no common space
+            return False
+        return True
+
+    def _learn(self, node: str, coordinate: Coordinate, firsthand: bool) -> None:
+        if node == self.id or node not in self._members or not self._usable(coordinate):
+            return
+        self.coordinates.learn(node, coordinate)
+        if firsthand:
+            self._firsthand.add(node)
+            self._plain.discard(node)
+
+    def _observe(self, node: str, coordinate: Coordinate, rtt: float) -> None:
+        """A direct probe of ``node`` took ``rtt`` seconds and its ack said it sits at ``coordinate``."""
+        if not self._usable(coordinate):
+            return
+        if not (math.isfinite(rtt) and 0.0 <= rtt <= MAX_RTT_SAMPLE):
+            self._ignore("rtt_sample_out_of_range")
+            return
+        self.coordinates.observe(node, coordinate, rtt, self._vivaldi_rng)
+        self._firsthand.add(node)
+        self._plain.discard(node)
+
+    def _forget_coordinate(self, node: str) -> None:
+        self.coordinates.forget(node)
+        self._firsthand.discard(node)
+        self._plain.discard(node)
+
     # -- helpers ----------------------------------------------------------------------------------
 
     def _pool_of(self, m: Member) -> str:
@@ -514,7 +630,7 @@ class Membership:
     def _emit(self, kind: str, m: Member) -> None:
         if len(self._events) == self._events.maxlen:
             self._ignore("events_overflow")
-        self._events.append(MemberEvent(kind, m.info()))
+        self._events.append(MemberEvent(kind, m.info(self._estimate(m))))
 
     def _ignore(self, reason: str) -> None:
         self.ignored[reason] = self.ignored.get(reason, 0) + 1

@@ -36,6 +36,9 @@ class MemberInfo:
     incarnation: int
     rtt: float | None  # smoothed round-trip time of our direct probes, seconds
     since: float  # when the state last changed (our clock)
+    # our best estimate of the round-trip time to it, seconds: ``rtt`` when we probed it, else the
+    # Vivaldi distance between our coordinate and the one it gossiped; None if neither (or ourselves)
+    rtt_estimate: float | None = None
 
 
 @dataclass
@@ -50,9 +53,9 @@ class Member:
     since: float
     rtt: float | None = None
 
-    def info(self) -> MemberInfo:
+    def info(self, rtt_estimate: float | None = None) -> MemberInfo:
         return MemberInfo(self.id, self.cluster, self.role, self.gossip, self.http, self.state,
-                          self.incarnation, self.rtt, self.since)
+                          self.incarnation, self.rtt, self.since, rtt_estimate)
 
     @property
     def reachable(self) -> bool:
