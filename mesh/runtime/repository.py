@@ -91,7 +91,8 @@ def _issue_op(draft: Draft, expected_parent: int | None, identity: Identity, now
 
 
 IssueFn = Callable[[Draft, "int | None"], Awaitable[Manifest]]
-"""Issues a version for a draft (expected parent or None) somewhere else: the key's home master."""
+"""Issues a version for a draft (expected parent or None) somewhere else: the key's home master.
+Returns a manifest whose signature it has checked (or that it signed itself)."""
 
 
 class Remote(Protocol):
@@ -210,7 +211,7 @@ class Repository:
             refs.extend(r for r in done if isinstance(r, ChunkRef))
             await self._in_thread(self._release, [r.hash for r in refs], created)
             raise
-        await self._in_thread(self._release, [r.hash for r in refs], set())
+        self._release([r.hash for r in refs], set())  # counters only (nothing to remove): no thread hop
         return manifest
 
     async def _commit_refs(self, key: str, refs: list[ChunkRef], size: int, content_hash: str, kind: str,
@@ -224,7 +225,7 @@ class Repository:
         if self.before_issue is not None and refs:
             await self.before_issue(_unique(refs))
         if self.issuer is not None:
-            manifest = (await self.issuer(draft, expected_parent)).verify()
+            manifest = await self.issuer(draft, expected_parent)  # verified by the issuer (IssueFn)
             await self.meta.write(store_version(manifest))
             return manifest
         return await self.meta.write(_issue_op(draft, expected_parent, self.identity, self.clock()))
