@@ -216,14 +216,22 @@ class Repository:
 
     async def _commit_refs(self, key: str, refs: list[ChunkRef], size: int, content_hash: str, kind: str,
                            meta: dict, expected_parent: int | None) -> Manifest:
-        await self._in_thread(self.chunks.sync_dirs, {r.hash for r in refs})
         draft = Draft(key=key, size=size, content_hash=content_hash, chunks=tuple(refs),
                       author=self.identity.node_id, kind=kind, meta=meta)
         pairs = sorted({(r.hash, r.size) for r in refs})
-        await self.meta.write(record_chunks(pairs))
-        self._stored(pairs)
+        # The chunks' directories are fsynced, the chunks recorded and their copies made on other hosts
+        # at once (three waits for a disk or a peer in parallel, not one after the other); the version
+        # is issued only once all three are done. All three finish before an error is raised, so the
+        # clean-up of a failed upload never races the recording of its chunks.
+        steps = [self._in_thread(self.chunks.sync_dirs, {r.hash for r in refs}), self.meta.write(record_chunks(pairs))]
         if self.before_issue is not None and refs:
-            await self.before_issue(_unique(refs))
+            steps.append(self.before_issue(_unique(refs)))
+        results = await asyncio.gather(*steps, return_exceptions=True)
+        if not isinstance(results[1], BaseException):
+            self._stored(pairs)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         if self.issuer is not None:
             manifest = await self.issuer(draft, expected_parent)  # verified by the issuer (IssueFn)
             await self.meta.write(store_version(manifest))
