@@ -382,6 +382,8 @@ class IssuerService:
                         if not link.buffer:
                             return
                     continue
+                if len(link.buffer) < MAX_FRAME_MESSAGES:
+                    await asyncio.sleep(0)  # one more turn of the loop: commits ready now join this frame
                 member = self._members.get(dest)
                 if member is None or self.roster is None:
                     self._count("no_address", len(link.buffer))
