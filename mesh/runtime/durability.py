@@ -35,6 +35,8 @@ KIND = "replicate"
 STORE_ROLES = ("node", "both")
 BASE_TIMEOUT = 30.0
 ASSUMED_RATE = 50e6  # bytes/s a copy must at least sustain inside its scope before we give up
+RETRY_WINDOW = 3.0  # seconds a commit keeps trying to place its copies (a host may be leaving)
+RETRY_PAUSE = 0.25
 MAX_INFLIGHT_PER_PEER = 2  # copy requests in flight to one host; later commits' chunks share the next
 MAX_BATCH_HASHES = 4096  # chunks in one shared request
 
@@ -72,32 +74,45 @@ class ChunkReplicator:
         return alive, len(pool)
 
     async def ensure(self, refs: list[ChunkRef]) -> list[str]:
-        """Put ``refs`` on ``copies - 1`` other hosts; return their ids. Raises Unavailable if it cannot."""
+        """Put ``refs`` on ``copies - 1`` other hosts; return their ids. Raises Unavailable if it cannot.
+
+        A host that fails is tried again, and the candidates re-read, for up to ``RETRY_WINDOW``: a host
+        that leaves gracefully refuses copies for the moment before the mesh hears it left (then it no
+        longer counts, and a cluster left with one store host keeps one copy)."""
         if self.copies <= 1 or not refs:
-            return []
-        alive, known = self.candidates()
-        wanted = min(self.copies - 1, known)
-        if wanted == 0:
             return []
         size = sum(r.size for r in refs)
         timeout = BASE_TIMEOUT + size / ASSUMED_RATE
         hashes, sizes = [r.hash for r in refs], [r.size for r in refs]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RETRY_WINDOW
         done: list[str] = []
         failed: list[str] = []
-        tried = 0
-        while len(done) < wanted and tried < len(alive):
-            batch = alive[tried: tried + wanted - len(done)]
-            tried += len(batch)
-            results = await asyncio.gather(*(self._ask(m, hashes, sizes, timeout) for m in batch),
-                                           return_exceptions=True)
-            for m, r in zip(batch, results, strict=True):
-                (done if r is True else failed).append(m.id)
-                if r is not True:
-                    log.warning("copy to %s failed: %s", m.id[:12], r)
-        if len(done) < wanted:
-            raise Unavailable(f"{len(done) + 1} of {wanted + 1} copies of the chunks stored "
-                              f"(failed or unreachable: {', '.join(x[:12] for x in failed) or 'no live store host'})")
-        return done
+        while True:
+            alive, known = self.candidates()
+            wanted = min(self.copies - 1, known)
+            if len(done) >= wanted:
+                return done
+            untried = [m for m in alive if m.id not in done and m.id not in failed]
+            again = [m for m in alive if m.id in failed]
+            batch = (untried + again)[: wanted - len(done)]
+            if batch and (untried or loop.time() < deadline):
+                results = await asyncio.gather(*(self._ask(m, hashes, sizes, timeout) for m in batch),
+                                               return_exceptions=True)
+                for m, r in zip(batch, results, strict=True):
+                    if r is True:
+                        done.append(m.id)
+                    else:
+                        if m.id not in failed:
+                            failed.append(m.id)
+                        log.warning("copy to %s failed: %s", m.id[:12], r)
+                if len(done) >= wanted or untried:
+                    continue
+            if loop.time() >= deadline:
+                missing = [x for x in failed if x not in done]
+                raise Unavailable(f"{len(done) + 1} of {wanted + 1} copies of the chunks stored (failed or "
+                                  f"unreachable: {', '.join(x[:12] for x in missing) or 'no live store host'})")
+            await asyncio.sleep(RETRY_PAUSE)
 
     async def _ask(self, m: MemberInfo, hashes: list[str], sizes: list[int], timeout: float) -> bool:
         """Whether ``m`` stored the chunks durably: sent at once, or with others' in the next request."""

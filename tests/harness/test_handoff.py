@@ -91,7 +91,10 @@ def members(h: Harness, host: str) -> dict[str, str]:
 
 
 def node_id(h: Harness, host: str) -> str:
-    return json.loads(Path(h.host(host).data_dir, "eltond.json").read_text())["node_id"]
+    r = h.exec(host, [sys.executable, "-c", "import urllib.request;print(urllib.request.urlopen("
+                      "'http://127.0.0.1:7420/v1/health',timeout=5).read().decode())"], timeout=30)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["node_id"]
 
 
 def settle(h: Harness, running: list[str], alive: set[str], gone: set[str] = frozenset(), timeout: float = 60) -> None:
