@@ -6,6 +6,11 @@ it over the transfer layer; each stores them durably (fsync, then its directory)
 whole mesh (survives a cluster, pays the WAN). When the scope holds fewer store hosts than
 ``copies``, every one of them is used (a single host keeps one copy); when enough exist but too few
 answer, the commit fails with an error naming them, and nothing is issued.
+
+Concurrent commits share their requests: while ``MAX_INFLIGHT_PER_PEER`` requests to one host are
+in flight, the chunks of later commits wait and go to it together in the next request (one round
+trip, one fsync of the directories and one metadata commit on that host for the whole batch); each
+commit's answer is the answer of the request that carried its chunks.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.core.manifest import ChunkRef, chunk_hash
@@ -29,6 +35,18 @@ KIND = "replicate"
 STORE_ROLES = ("node", "both")
 BASE_TIMEOUT = 30.0
 ASSUMED_RATE = 50e6  # bytes/s a copy must at least sustain inside its scope before we give up
+RETRY_WINDOW = 3.0  # seconds a commit keeps trying to place its copies (a host may be leaving)
+RETRY_PAUSE = 0.25
+MAX_INFLIGHT_PER_PEER = 2  # copy requests in flight to one host; later commits' chunks share the next
+MAX_BATCH_HASHES = 4096  # chunks in one shared request
+
+
+@dataclass
+class _Peer:
+    """Copy requests waiting for one host: (hashes, sizes, timeout, answer) each, and those in flight."""
+
+    waiting: list[tuple[list[str], list[int], float, asyncio.Future[bool]]] = field(default_factory=list)
+    inflight: int = 0
 
 
 class ChunkReplicator:
@@ -41,6 +59,8 @@ class ChunkReplicator:
         self.copies = copies
         self.scope = scope
         self.on_stored = on_stored
+        self._peers: dict[str, _Peer] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         gossip.register_stream_handler(KIND, self._serve)
 
     def candidates(self) -> tuple[list[MemberInfo], int]:
@@ -54,36 +74,90 @@ class ChunkReplicator:
         return alive, len(pool)
 
     async def ensure(self, refs: list[ChunkRef]) -> list[str]:
-        """Put ``refs`` on ``copies - 1`` other hosts; return their ids. Raises Unavailable if it cannot."""
+        """Put ``refs`` on ``copies - 1`` other hosts; return their ids. Raises Unavailable if it cannot.
+
+        A host that fails is tried again, and the candidates re-read, for up to ``RETRY_WINDOW``: a host
+        that leaves gracefully refuses copies for the moment before the mesh hears it left (then it no
+        longer counts, and a cluster left with one store host keeps one copy)."""
         if self.copies <= 1 or not refs:
-            return []
-        alive, known = self.candidates()
-        wanted = min(self.copies - 1, known)
-        if wanted == 0:
             return []
         size = sum(r.size for r in refs)
         timeout = BASE_TIMEOUT + size / ASSUMED_RATE
-        body = {"hashes": [r.hash for r in refs], "sizes": [r.size for r in refs],
-                "from": list(self.gossip.address or ()), "holder": self.gossip.id}
+        hashes, sizes = [r.hash for r in refs], [r.size for r in refs]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RETRY_WINDOW
         done: list[str] = []
         failed: list[str] = []
-        tried = 0
-        while len(done) < wanted and tried < len(alive):
-            batch = alive[tried: tried + wanted - len(done)]
-            tried += len(batch)
-            results = await asyncio.gather(*(self._ask(m, body, timeout) for m in batch), return_exceptions=True)
-            for m, r in zip(batch, results, strict=True):
-                (done if r is True else failed).append(m.id)
-                if r is not True:
-                    log.warning("copy to %s failed: %s", m.id[:12], r)
-        if len(done) < wanted:
-            raise Unavailable(f"{len(done) + 1} of {wanted + 1} copies of the chunks stored "
-                              f"(failed or unreachable: {', '.join(x[:12] for x in failed) or 'no live store host'})")
-        return done
+        while True:
+            alive, known = self.candidates()
+            wanted = min(self.copies - 1, known)
+            if len(done) >= wanted:
+                return done
+            untried = [m for m in alive if m.id not in done and m.id not in failed]
+            again = [m for m in alive if m.id in failed]
+            batch = (untried + again)[: wanted - len(done)]
+            if batch and (untried or loop.time() < deadline):
+                results = await asyncio.gather(*(self._ask(m, hashes, sizes, timeout) for m in batch),
+                                               return_exceptions=True)
+                for m, r in zip(batch, results, strict=True):
+                    if r is True:
+                        done.append(m.id)
+                    else:
+                        if m.id not in failed:
+                            failed.append(m.id)
+                        log.warning("copy to %s failed: %s", m.id[:12], r)
+                if len(done) >= wanted or untried:
+                    continue
+            if loop.time() >= deadline:
+                missing = [x for x in failed if x not in done]
+                raise Unavailable(f"{len(done) + 1} of {wanted + 1} copies of the chunks stored (failed or "
+                                  f"unreachable: {', '.join(x[:12] for x in missing) or 'no live store host'})")
+            await asyncio.sleep(RETRY_PAUSE)
 
-    async def _ask(self, m: MemberInfo, body: dict[str, Any], timeout: float) -> bool:
-        responder, reply = await self.gossip.request(m.gossip, KIND, body, timeout=timeout)
-        return responder == m.id and isinstance(reply, dict) and reply.get("stored") == len(body["hashes"])
+    async def _ask(self, m: MemberInfo, hashes: list[str], sizes: list[int], timeout: float) -> bool:
+        """Whether ``m`` stored the chunks durably: sent at once, or with others' in the next request."""
+        peer = self._peers.setdefault(m.id, _Peer())
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        peer.waiting.append((hashes, sizes, timeout, answer))
+        if peer.inflight < MAX_INFLIGHT_PER_PEER:
+            peer.inflight += 1
+            task = asyncio.ensure_future(self._send_batches(m, peer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await answer
+
+    async def _send_batches(self, m: MemberInfo, peer: _Peer) -> None:
+        try:
+            while peer.waiting:
+                batch, hashes, sizes, seen = [], [], [], set()
+                while peer.waiting and (not batch or len(hashes) + len(peer.waiting[0][0]) <= MAX_BATCH_HASHES):
+                    item = peer.waiting.pop(0)
+                    batch.append(item)
+                    for h, s in zip(item[0], item[1], strict=True):
+                        if h not in seen:
+                            seen.add(h)
+                            hashes.append(h)
+                            sizes.append(s)
+                body = {"hashes": hashes, "sizes": sizes, "from": list(self.gossip.address or ()),
+                        "holder": self.gossip.id}
+                try:
+                    responder, reply = await self.gossip.request(m.gossip, KIND, body,
+                                                                 timeout=max(t for _, _, t, _ in batch))
+                    ok: bool | BaseException = (responder == m.id and isinstance(reply, dict)
+                                                and reply.get("stored") == len(hashes))
+                except Exception as exc:  # each waiting commit sees it (and logs it)
+                    ok = exc
+                for _, _, _, answer in batch:
+                    if answer.done():  # its commit was cancelled
+                        continue
+                    if isinstance(ok, BaseException):
+                        answer.set_exception(ok)
+                    else:
+                        answer.set_result(ok)
+        finally:
+            peer.inflight -= 1
+            if peer.inflight == 0 and not peer.waiting:
+                self._peers.pop(m.id, None)
 
     async def _serve(self, request: StreamRequest) -> dict[str, Any]:
         body = request.body
@@ -108,10 +182,11 @@ class ChunkReplicator:
                     raise Unavailable(f"chunk {h} did not arrive intact from {holder[:12]}")
                 await self.repo._in_thread(self.repo.chunks.write, h, data)
                 stored.append((h, len(data)))
-        await self.repo._in_thread(self.repo.chunks.sync_dirs, {h for h, _ in stored})
-        await self.repo.meta.write(record_chunks(sorted(set(stored))))
-        if self.on_stored is not None and stored:
-            self.on_stored(stored)
+        if stored:  # nothing new: nothing to sync or record
+            await self.repo._in_thread(self.repo.chunks.sync_dirs, {h for h, _ in stored})
+            await self.repo.meta.write(record_chunks(sorted(set(stored))))
+            if self.on_stored is not None:
+                self.on_stored(stored)
         return {"stored": len(hashes)}
 
     def _cluster_of(self, node: str) -> str | None:

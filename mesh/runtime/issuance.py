@@ -7,11 +7,17 @@ the gossip layer, carries out its effects, and pumps it on one re-armed timer. O
 
 Effects keep the core's rule: a ``Persist`` is group-committed through ``MetaStore.write``, and
 no ``Send``/``Done`` drained after it goes out before it (and every earlier one) is durable.
-Sends go as TCP frames of kind ``issuance`` (the receiver acks at once; replies travel as frames
-of their own). Each destination master has a link with at most ``frames_per_master`` frames in
-flight; messages produced meanwhile wait in the link's bounded buffer and leave together in the
-next frame (batching grows with load, like the group commit). Beyond ``max_buffered`` messages
-are dropped and counted; the core resends on its retry timer. Nothing queues without bound.
+Sends go as signed TCP frames over one long-lived stream per destination master (kind
+``issuance_stream``: the first frame opens it like any gossip TCP request, more frames follow on
+the same connection, none is answered; replies travel as frames of their own). One task per
+destination writes a frame whenever messages wait; messages produced while a frame is written
+wait in the link's bounded buffer and leave together in the next frame (batching grows with load,
+like the group commit). A stream idle for ``STREAM_IDLE`` is closed. Beyond ``max_buffered``
+messages are dropped and counted; a frame that cannot be written is dropped and counted; the core
+resends on its retry timer. Nothing queues without bound. A receiver keeps at most
+``MAX_SESSIONS`` streams open (each holds one of the gossip port's TCP slots); beyond, it takes
+the first frame and closes, and the sender opens a new stream for its next frame. The one-shot
+kind ``issuance`` (one frame, one ``{"ok": ...}`` reply) is still served.
 
 One exception to the Persist-first rule: an ``Accept`` leaves at once. It is a proposer's
 message; its ballot's round was made durable before the ``Prepare`` that preceded it, and what
@@ -50,7 +56,7 @@ import blake3
 
 from dht.placement import Master
 from mesh.core.admission import AdmissionState
-from mesh.core.codec import pack
+from mesh.core.codec import MAX_STREAM_MESSAGE, open_envelope, pack
 from mesh.core.identity import Identity
 from mesh.core.issuance import (
     Accept,
@@ -78,7 +84,7 @@ from mesh.errors import (
     ReplicasUnreachable,
     Unavailable,
 )
-from mesh.runtime.gossip import GossipService, StreamRequest
+from mesh.runtime.gossip import GossipService, StreamRequest, read_frame, write_frame
 from mesh.runtime.issuance_store import IssuanceStore, PendingCommit, PendingStore
 from mesh.store.meta import MetaStore
 
@@ -86,6 +92,10 @@ log = logging.getLogger("elton.issuance")
 
 MASTER_ROLES = ("master", "both")
 FRAME_KIND = "issuance"
+STREAM_KIND = "issuance_stream"
+STREAM_IDLE = 10.0  # a sender closes a stream it has not written to for this long
+STREAM_RECV_IDLE = 30.0  # a receiver closes a stream silent for this long (the sender closes first)
+MAX_SESSIONS = 32  # incoming streams kept open; MAX_STREAMS of the gossip port is 64
 COMMIT_KIND = "commit"
 MAX_FRAME_MESSAGES = 64
 MAX_FRAME_BYTES = 4 << 20  # manifests ride in accepts and promises: keep frames well under the stream limit
@@ -103,7 +113,7 @@ class IssuanceSettings:
     commit_timeout: float = 10.0
     retry_interval: float = 0.5
     send_timeout: float = 2.0  # one frame to a master
-    frames_per_master: int = 4  # frames in flight to one master; more messages wait and share a frame
+    frames_per_master: int = 4  # unused since frames stream over one connection (kept for configs that set it)
     max_buffered: int = 4096  # messages waiting for one master; beyond, dropped and counted
     poll_interval: float = 0.1  # membership (roster, liveness, addresses) re-read this often
     pending_retry: float = 2.0  # queued commits are retried this often while their key is reachable
@@ -142,10 +152,11 @@ def _wire_size(msg: Message) -> int:
 
 @dataclass
 class _Link:
-    """Messages waiting for one master, and how many frames to it are in flight."""
+    """Messages waiting for one master, and the task that streams them to it."""
 
     buffer: deque[Message] = field(default_factory=deque)
-    inflight: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
 
 
 class IssuerService:
@@ -172,7 +183,7 @@ class IssuerService:
         self._waiters: dict[str, asyncio.Future[Manifest]] = {}
         self._barrier: asyncio.Task[None] | None = None
         self._deferred: deque[tuple[asyncio.Task[None], Effect]] = deque()
-        self._sends = 0
+        self._sessions: set[asyncio.StreamWriter] = set()
         self._links: dict[str, _Link] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -188,6 +199,7 @@ class IssuerService:
         if self.is_master:
             self.issuer = Issuer(self.identity, self.config.issuer_config(), self.rng, self.store.load())
             self.gossip.register_stream_handler(FRAME_KIND, self._on_frame)
+            self.gossip.register_stream_handler(STREAM_KIND, self._on_stream)
             self.gossip.register_stream_handler(COMMIT_KIND, self._on_commit_request)
         self.refresh()
         self._poller = asyncio.create_task(self._poll())
@@ -202,6 +214,8 @@ class IssuerService:
         tasks = [t for t in (self._poller, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
+        for writer in list(self._sessions):  # incoming streams end (their handler sees the close)
+            writer.close()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._barrier is not None:  # let the last writes land (bounded: a stuck disk must not hang a stop)
             with contextlib.suppress(BaseException):
@@ -342,48 +356,114 @@ class IssuerService:
             self._count("send_overflow", len(messages) - max(room, 0))
             messages = messages[:max(room, 0)]
         link.buffer.extend(messages)
-        self._kick(dest, link)
+        if self._closed:
+            return
+        if link.task is None or link.task.done():
+            link.task = asyncio.ensure_future(self._link_loop(dest, link))
+            self._tasks.add(link.task)
+            link.task.add_done_callback(self._tasks.discard)
+        else:
+            link.wake.set()
 
-    def _kick(self, dest: str, link: _Link) -> None:
-        """Start frames to ``dest`` while it has fewer than ``frames_per_master`` in flight."""
-        while link.buffer and link.inflight < self.config.frames_per_master and not self._closed:
-            member = self._members.get(dest)
-            if member is None or self.roster is None:
-                self._count("no_address", len(link.buffer))
-                link.buffer.clear()
-                return
-            frame: list[Any] = []
-            size = 0
-            while link.buffer and len(frame) < MAX_FRAME_MESSAGES and size < MAX_FRAME_BYTES:
-                msg = link.buffer.popleft()
-                frame.append(message_to_wire(msg))
-                size += _wire_size(msg)
-            body = {"e": self.roster.epoch, "d": self.roster.digest, "ms": frame}
-            link.inflight += 1
-            self._sends += 1
-            self._spawn(self._deliver(dest, link, member, body))
+    async def _link_loop(self, dest: str, link: _Link) -> None:
+        """Send ``dest``'s buffered messages over one TCP stream, a frame per batch; end when idle.
 
-    async def _deliver(self, dest: str, link: _Link, member: MemberInfo, body: dict[str, Any]) -> None:
+        Messages produced while a frame is being written wait in the buffer and leave together in
+        the next frame. A frame that cannot be written is dropped and counted (the core resends)."""
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
         try:
-            await self.gossip.request(member.gossip, FRAME_KIND, body, timeout=self.config.send_timeout)
-            self._count("frames_sent")
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, EltonError) as exc:
-            self._count("send_failed")  # the core resends on its retry timer
-            log.debug("issuance frame to %s failed: %s", member.id[:12], exc)
+            while not self._closed:
+                if not link.buffer:
+                    link.wake.clear()
+                    try:
+                        await asyncio.wait_for(link.wake.wait(), STREAM_IDLE)
+                    except TimeoutError:
+                        if not link.buffer:
+                            return
+                    continue
+                if len(link.buffer) < MAX_FRAME_MESSAGES:
+                    await asyncio.sleep(0)  # one more turn of the loop: commits ready now join this frame
+                member = self._members.get(dest)
+                if member is None or self.roster is None:
+                    self._count("no_address", len(link.buffer))
+                    link.buffer.clear()
+                    continue
+                if writer is None or writer.is_closing() or (reader is not None and reader.at_eof()):
+                    if writer is not None:
+                        writer.close()
+                        reader = writer = None
+                    try:
+                        reader, writer = await asyncio.wait_for(self._open_stream(member.gossip), self.config.send_timeout)
+                    except (OSError, TimeoutError) as exc:
+                        self._count("send_failed", len(link.buffer))  # the core resends on its retry timer
+                        link.buffer.clear()
+                        log.debug("issuance stream to %s failed: %s", member.id[:12], exc)
+                        await asyncio.sleep(self.config.retry_interval)
+                        continue
+                frame: list[Any] = []
+                size = 0
+                while link.buffer and len(frame) < MAX_FRAME_MESSAGES and size < MAX_FRAME_BYTES:
+                    msg = link.buffer.popleft()
+                    frame.append(message_to_wire(msg))
+                    size += _wire_size(msg)
+                body = {"e": self.roster.epoch, "d": self.roster.digest, "ms": frame}
+                try:
+                    self._write_frame(writer, member.gossip, self.gossip.seal(STREAM_KIND, body))
+                    await asyncio.wait_for(writer.drain(), self.config.send_timeout)
+                    self._count("frames_sent")
+                except (OSError, TimeoutError) as exc:
+                    self._count("send_failed")
+                    log.debug("issuance frame to %s failed: %s", member.id[:12], exc)
+                    writer.close()
+                    reader = writer = None
         finally:
-            link.inflight -= 1
-            self._sends -= 1
-        self._kick(dest, link)
+            if writer is not None:
+                writer.close()
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _open_stream(self, addr: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP stream to a master's gossip port (tests wrap this to cut links)."""
+        return await asyncio.open_connection(*addr)
+
+    def _write_frame(self, writer: asyncio.StreamWriter, addr: tuple[str, int], data: bytes) -> None:
+        """Write one sealed frame (tests wrap this to cut links)."""
+        write_frame(writer, data)
 
     # -- receiving ------------------------------------------------------------------------------
 
     async def _on_frame(self, request: StreamRequest) -> Any:
-        body = request.body
+        """One frame, one reply (the older one-shot exchange; still served)."""
+        return self._take_frame(request.sender, request.body)
+
+    async def _on_stream(self, request: StreamRequest) -> None:
+        """A stream of frames from one master: the first came with the request, more follow on the
+        same connection, each a signed envelope of the same sender with a higher seq. No replies."""
+        self._take_frame(request.sender, request.body)
+        if self._closed or len(self._sessions) >= MAX_SESSIONS:
+            self._count("stream_refused")  # the sender sees the close and opens a new stream next time
+            return None
+        self._sessions.add(request.writer)
+        seq = request.seq
+        try:
+            while not self._closed:
+                try:
+                    data = await asyncio.wait_for(read_frame(request.reader), STREAM_RECV_IDLE)
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    return None
+                env = open_envelope(data, MAX_STREAM_MESSAGE)  # a bad one ends the stream, counted by gossip
+                if env.kind != STREAM_KIND or env.sender_public_key != request.public_key or env.seq <= seq:
+                    raise ProtocolError("bad_stream", "frame of another kind, sender or an old seq")
+                seq = env.seq
+                admission = self.gossip.admission
+                status = "unadmitted" if admission is None else admission.status(request.sender)
+                if status != "admitted":
+                    raise ProtocolError(status)
+                self._take_frame(request.sender, env.body)
+            return None
+        finally:
+            self._sessions.discard(request.writer)
+
+    def _take_frame(self, sender: str, body: Any) -> Any:
         roster = self.roster
         if self._closed or self.broken is not None:
             self._count("dropped_stopped")
@@ -394,14 +474,14 @@ class IssuerService:
         if roster is None or body.get("e") != roster.epoch or body.get("d") != roster.digest:
             self._count("roster_mismatch")
             return {"ok": False, "epoch": roster.epoch if roster else -1}
-        if all(m.node_id != request.sender for m in roster.masters):
+        if all(m.node_id != sender for m in roster.masters):
             self._count("not_master")
             return {"ok": False}
         now = self.clock()
         for wire in body["ms"][:MAX_FRAME_MESSAGES]:
             try:
                 msg = message_from_wire(wire)
-                self.issuer.receive(request.sender, msg, now)
+                self.issuer.receive(sender, msg, now)
                 self._count("received")
             except ProtocolError as exc:
                 self._count(f"malformed:{exc.reason}")
@@ -521,7 +601,7 @@ class IssuerService:
         return {"role": "master" if self.is_master else "node",
                 "epoch": self.roster.epoch if self.roster else None,
                 "masters": len(self.roster.masters) if self.roster else 0, "live_masters": len(self._live),
-                "requests_in_flight": self.issuer.requests_in_flight(), "sends_in_flight": self._sends,
+                "requests_in_flight": self.issuer.requests_in_flight(), "sends_in_flight": sum(len(lk.buffer) for lk in self._links.values()),
                 "handoffs_pending": self.issuer.handoffs_pending(), "broken": repr(self.broken) if self.broken else None,
                 "counters": dict(self.counters)}
 

@@ -92,7 +92,8 @@ def _issue_op(draft: Draft, expected_parent: int | None, identity: Identity, now
 
 
 IssueFn = Callable[[Draft, "int | None"], Awaitable[Manifest]]
-"""Issues a version for a draft (expected parent or None) somewhere else: the key's home master."""
+"""Issues a version for a draft (expected parent or None) somewhere else: the key's home master.
+Returns a manifest whose signature it has checked (or that it signed itself)."""
 
 
 class Remote(Protocol):
@@ -215,22 +216,30 @@ class Repository:
             refs.extend(r for r in done if isinstance(r, ChunkRef))
             await self._in_thread(self._release, [r.hash for r in refs], created)
             raise
-        await self._in_thread(self._release, [r.hash for r in refs], set())
+        self._release([r.hash for r in refs], set())  # counters only (nothing to remove): no thread hop
         return manifest
 
     async def _commit_refs(self, key: str, refs: list[ChunkRef], size: int, content_hash: str, kind: str,
                            meta: dict, expected_parent: int | None) -> Manifest:
-        await self._in_thread(self.chunks.sync_dirs, {r.hash for r in refs})
         draft = Draft(key=key, size=size, content_hash=content_hash, chunks=tuple(refs),
                       author=self.identity.node_id, kind=kind, meta=meta)
         pairs = sorted({(r.hash, r.size) for r in refs})
         await self.cache.keep((h for h, _ in pairs), self.executor)  # a cached copy named here is kept now
-        await self.meta.write(record_chunks(pairs))
-        self._stored(pairs)
+        # The chunks' directories are fsynced, the chunks recorded and their copies made on other hosts
+        # at once (three waits for a disk or a peer in parallel, not one after the other); the version
+        # is issued only once all three are done. All three finish before an error is raised, so the
+        # clean-up of a failed upload never races the recording of its chunks.
+        steps = [self._in_thread(self.chunks.sync_dirs, {r.hash for r in refs}), self.meta.write(record_chunks(pairs))]
         if self.before_issue is not None and refs:
-            await self.before_issue(_unique(refs))
+            steps.append(self.before_issue(_unique(refs)))
+        results = await asyncio.gather(*steps, return_exceptions=True)
+        if not isinstance(results[1], BaseException):
+            self._stored(pairs)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         if self.issuer is not None:
-            manifest = (await self.issuer(draft, expected_parent)).verify()
+            manifest = await self.issuer(draft, expected_parent)  # verified by the issuer (IssueFn)
             await self.meta.write(store_version(manifest))
             return manifest
         return await self.meta.write(_issue_op(draft, expected_parent, self.identity, self.clock()))

@@ -76,6 +76,7 @@ class Host:
         self.gossip = gossip
         self.meta = MetaStore(self.dir / "meta.sqlite")
         self.service = IssuerService(identity(self.index), gossip, self.meta, self.settings)
+        self._install_stream_filter(self.service)
         await self.service.start()
 
     def _install_filter(self, gossip: GossipService) -> None:
@@ -95,6 +96,25 @@ class Host:
 
         gossip._on_datagram = filtered_datagram  # type: ignore[method-assign]
         gossip.request = filtered_request  # type: ignore[method-assign]
+
+    def _install_stream_filter(self, service: IssuerService) -> None:
+        """Issuance frames stream over long-lived connections: refuse to open one to, or to write on
+        one already open to, a blocked IP (a cut link loses what is in flight, the core resends)."""
+        open_, write = service._open_stream, service._write_frame
+
+        async def filtered_open(addr: tuple[str, int]) -> Any:
+            if addr[0] in self.blocked:
+                await asyncio.sleep(0)
+                raise ConnectionRefusedError(f"partitioned from {addr[0]}")
+            return await open_(addr)
+
+        def filtered_write(writer: asyncio.StreamWriter, addr: tuple[str, int], data: bytes) -> None:
+            if addr[0] in self.blocked:
+                raise ConnectionResetError(f"partitioned from {addr[0]}")
+            write(writer, addr, data)
+
+        service._open_stream = filtered_open  # type: ignore[method-assign]
+        service._write_frame = filtered_write  # type: ignore[method-assign]
 
     async def crash(self) -> None:
         """Like kill -9: no leave, no hand-off; only what reached the disk survives."""

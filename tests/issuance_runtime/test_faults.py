@@ -113,3 +113,47 @@ def test_malformed_stale_and_foreign_frames_are_dropped_and_counted(tmp_path):
         finally:
             await close_all(hosts)
     run(main())
+
+
+def test_a_stream_takes_frames_in_order_from_its_sender_and_ends_on_an_old_seq_or_another_sender(tmp_path):
+    """Frames of kind issuance_stream after the first ride one connection: each must be a valid envelope
+    of the same sender with a higher seq; anything else ends the stream (counted by gossip as a drop)."""
+    import asyncio
+
+    from mesh.runtime.gossip import write_frame
+    from mesh.runtime.issuance import STREAM_KIND
+
+    async def main():
+        hosts = await make_mesh(tmp_path, THREE)
+        try:
+            target, sender, other = hosts[1], hosts[0], hosts[2]
+            roster = target.service.roster
+            empty = {"e": roster.epoch, "d": roster.digest, "ms": []}
+            stale = {"e": roster.epoch + 5, "d": roster.digest, "ms": []}  # read, then counted as roster_mismatch
+
+            async def stream(frames):
+                reader, writer = await asyncio.open_connection(*target.gossip.address)
+                for f in frames:
+                    write_frame(writer, f)
+                await writer.drain()
+                with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+                    await asyncio.wait_for(reader.readexactly(1), 5)  # the receiver closes, never answers
+                writer.close()
+
+            def mismatches():
+                return target.service.counters.get("roster_mismatch", 0)
+
+            def bad():
+                return target.gossip.drops.get("bad_stream", 0)
+
+            first, second = sender.gossip.seal(STREAM_KIND, empty), sender.gossip.seal(STREAM_KIND, empty)
+            third = sender.gossip.seal(STREAM_KIND, stale)
+            n0, b0 = mismatches(), bad()
+            await stream([first, second, third, second, sender.gossip.seal(STREAM_KIND, stale)])
+            assert (mismatches(), bad()) == (n0 + 1, b0 + 1)  # in order read; the old seq ended the stream
+            await stream([sender.gossip.seal(STREAM_KIND, empty), other.gossip.seal(STREAM_KIND, stale)])
+            assert (mismatches(), bad()) == (n0 + 1, b0 + 2)  # another sender's frame is not read
+            assert (await hosts[2].issue(draft("s/k", "still fine"))).version == 1
+        finally:
+            await close_all(hosts)
+    run(main())
