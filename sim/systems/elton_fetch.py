@@ -71,6 +71,7 @@ LEASE = 120.0
 DELTA_INTERVAL = 0.2
 HEARTBEAT = 5.0
 LOOKUP_GATHER = 0.01  # _Read._lookup gathers a burst of NeedHolders
+SETTLE_S = 2.0  # a new holder's report reaches its master within this (delta interval + LAN latency)
 
 Notice = WanGrant | WanWait | InCluster
 
@@ -85,8 +86,9 @@ class NodeState:
 
     name: str
     cluster: str
-    store: dict[str, None] = field(default_factory=dict)
+    store: dict[str, float] = field(default_factory=dict)  # chunk -> when it was stored
     reporter: HolderReporter | None = None
+    reporting_since: float = 0.0  # when the current reporter started
     epoch: int = 0
     timer: Timer | None = None
     armed: float | None = None
@@ -101,6 +103,7 @@ class MasterState:
     cluster: str
     index: HolderIndex
     coalescer: WanCoalescer
+    elected: float = 0.0
     timer: Timer | None = None
     armed: float | None = None
 
@@ -159,7 +162,8 @@ class FetchLayer:
             self.coalescing[cluster] = None
             return
         index = HolderIndex(ttl=INDEX_TTL)
-        self.coalescing[cluster] = MasterState(want, cluster, index, WanCoalescer(index, lease=LEASE))
+        self.coalescing[cluster] = MasterState(want, cluster, index, WanCoalescer(index, lease=LEASE),
+                                               self.engine.now)
         self.coalescers_made += 1
         for st in self.by_cluster.get(cluster, {}).values():  # a new master: send it everything
             if st.reporter is not None:
@@ -238,7 +242,7 @@ class FetchLayer:
         st = self.node(host)
         for h in chunks:
             if h not in st.store:
-                st.store[h] = None
+                st.store[h] = self.engine.now
                 self.holders_of.setdefault(h, {})[host] = None
             if st.reporter is not None:
                 st.reporter.added(h)
@@ -249,6 +253,7 @@ class FetchLayer:
 
     def _new_reporter(self, st: NodeState) -> None:
         st.epoch += 1
+        st.reporting_since = self.engine.now
         st.reporter = HolderReporter(st.epoch, st.store, self.engine.now,
                                      delta_interval=DELTA_INTERVAL, heartbeat=HEARTBEAT)
         self.count("reporters_started")
@@ -387,13 +392,25 @@ class FetchLayer:
             self.count("wan_fetches_uncoalesced")  # the master was silent: the planner went without a grant
             return
         flights = self.wan_flights.setdefault((ref.hash, cluster), {})
-        m = self.coalescing.get(cluster)
-        known = m.index.holders(ref.hash, self.engine.now) if m is not None and self._current(m) else []
-        faulted = r.faulted.get(ref.hash, {})
-        live = [n for n in known if self.up(n) and n in self.holders_of.get(ref.hash, {}) and n not in faulted
-                and n != r.host]
-        self.ctx.checker.on_wan_fetch(self.engine.now, ref.hash, cluster, len(live), len(flights))
+        self.ctx.checker.on_wan_fetch(self.engine.now, ref.hash, cluster, len(self.settled_holders(r, ref.hash)),
+                                      len(flights))
         flights[(r.host, rid)] = None
+
+    def settled_holders(self, r: Read, chunk: str) -> list[str]:
+        """The oracle for the WAN invariant, from the simulator's own ground truth (not the index): live
+        hosts of ``r``'s cluster that store ``chunk`` and have had ``SETTLE_S`` to report it to the
+        current coalescing master, and have not failed ``r`` for it."""
+        m = self.coalescing.get(r.cluster)
+        if m is None:
+            return []
+        now, faulted = self.engine.now, r.faulted.get(chunk, {})
+        out = []
+        for n in self.holders_of.get(chunk, {}):
+            st = self.nodes[n]
+            if (st.cluster == r.cluster and n != r.host and n not in faulted and self.up(n) and st.reporter is not None
+                    and max(st.store[chunk], st.reporting_since, m.elected) + SETTLE_S <= now):
+                out.append(n)
+        return out
 
     def wan_end(self, r: Read, rid: int, chunk: str) -> None:
         flights = self.wan_flights.get((chunk, r.cluster))
