@@ -35,7 +35,7 @@ from mesh.core.manifest import Draft, Manifest
 from sim.content import content_hash
 from sim.host import SimHost
 from sim.systems.base import CHUNK_REF_BYTES, CONTROL_BYTES, Context, Done, System
-from sim.systems.elton_fetch import FetchLayer
+from sim.systems.elton_fetch import HEARTBEAT, FetchLayer
 from sim.workload import Op
 
 try:  # the issuance core is being written in parallel; say so in the report if it is absent
@@ -87,7 +87,8 @@ class EltonSystem(System):
         order: dict[str, list[str]] = {c: [] for c in ctx.scenario.cluster_names()}
         for _nid, hn in sorted(self.masters.items()):  # the coalescing master: lowest node id first
             order[ctx.net.hosts[hn].cluster].append(hn)
-        self.fetch = FetchLayer(ctx, order, self._model, FetchConfig())
+        self.heartbeat = float(cfg.get("holder_heartbeat_s", HEARTBEAT))
+        self.fetch = FetchLayer(ctx, order, self._model, FetchConfig(), self.heartbeat)
 
     # ---- masters and their cores ---------------------------------------------------------
 

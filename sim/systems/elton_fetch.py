@@ -69,7 +69,8 @@ from sim.systems.base import CONTROL_BYTES, Context
 INDEX_TTL = 30.0
 LEASE = 120.0
 DELTA_INTERVAL = 0.2
-HEARTBEAT = 5.0
+HEARTBEAT = 5.0  # a scenario may stretch it ([elton] holder_heartbeat_s): the failure detector keeps leases
+TOUCH_S = 10.0  # how often the modelled failure detector renews the index leases of live nodes (HolderService.refresh)
 LOOKUP_GATHER = 0.01  # _Read._lookup gathers a burst of NeedHolders
 SETTLE_S = 2.0  # a new holder's report reaches its master within this (delta interval + LAN latency)
 
@@ -110,14 +111,17 @@ class MasterState:
 
 class FetchLayer:
     def __init__(self, ctx: Context, master_order: dict[str, list[str]],
-                 model: Callable[[str], CostModel], config: FetchConfig | None = None) -> None:
+                 model: Callable[[str], CostModel], config: FetchConfig | None = None,
+                 heartbeat: float = HEARTBEAT) -> None:
         self.ctx = ctx
         self.net = ctx.net
         self.engine = ctx.engine
         self.master_order = master_order  # cluster -> its master hosts, lowest node id first
         self.model = model  # cluster -> the CostModel its readers share
         self.config = config or FetchConfig()
+        self.heartbeat = heartbeat
         self.nodes: dict[str, NodeState] = {}
+        self._host_objs: dict[str, Host] = {}
         self.by_cluster: dict[str, dict[str, NodeState]] = {}
         self.coalescing: dict[str, MasterState | None] = {}
         self.holders_of: dict[str, dict[str, None]] = {}  # chunk -> hosts that store it (ground truth)
@@ -131,12 +135,31 @@ class FetchLayer:
         self.grants_total = 0  # WanCoalescer.granted summed over every coalescer that ever ran
         for cluster in master_order:
             self._elect(cluster)
+        self.engine.at(TOUCH_S, self._touch)
+
+    def _touch(self) -> None:
+        """The failure detector sees every live node of a cluster alive: its index lease is renewed."""
+        now = self.engine.now
+        for cluster, m in self.coalescing.items():
+            if m is not None and self._current(m):
+                for st in self.by_cluster.get(cluster, {}).values():
+                    if st.reporter is not None and self.up(st.name):
+                        m.index.touch(st.name, now)
+                self._arm_master(m)
+        self.engine.after(TOUCH_S, self._touch)
 
     def count(self, name: str, n: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + n
 
     def up(self, host: str) -> bool:
         return self.net.hosts[host].up
+
+    def host_obj(self, host: str) -> Host:
+        """The cost model's (frozen) Host of a simulated host, made once."""
+        h = self._host_objs.get(host)
+        if h is None:
+            h = self._host_objs[host] = Host(host, self.net.hosts[host].cluster)
+        return h
 
     def node(self, host: str) -> NodeState:
         st = self.nodes.get(host)
@@ -255,7 +278,7 @@ class FetchLayer:
         st.epoch += 1
         st.reporting_since = self.engine.now
         st.reporter = HolderReporter(st.epoch, st.store, self.engine.now,
-                                     delta_interval=DELTA_INTERVAL, heartbeat=HEARTBEAT)
+                                     delta_interval=DELTA_INTERVAL, heartbeat=self.heartbeat)
         self.count("reporters_started")
         self._arm_reporter(st)
 
@@ -319,7 +342,7 @@ class FetchLayer:
         def add(c: str, entries: dict[str, tuple[str, ...]]) -> None:
             for chunk, nodes in entries.items():
                 if chunk in found:
-                    found[chunk].extend(Host(n, c) for n in nodes if n != host and self.up(n))
+                    found[chunk].extend(self.host_obj(n) for n in nodes if n != host and self.up(n))
 
         def ask_all(clusters: list[str], which: list[str], then: Callable[[], None]) -> None:
             if not clusters or not which:
@@ -498,13 +521,13 @@ class Read:
         layer = self.layer
         author = self.manifest.author
         if author and author != self.host and author in layer.net.hosts and layer.up(author):
-            hint = Host(author, layer.net.hosts[author].cluster)
+            hint = layer.host_obj(author)
             for hosts in known.values():
                 if all(x.node != author for x in hosts):
                     hosts.append(hint)
         for h, hosts in known.items():
             self.told[h].update(x.node for x in hosts)
-        self.planner = FetchPlanner(Host(self.host, self.cluster), self.refs, layer.model(self.cluster),
+        self.planner = FetchPlanner(layer.host_obj(self.host), self.refs, layer.model(self.cluster),
                                     layer.engine.now, layer.config, known)
         layer.count("planners")
         layer.planners.append(self.planner)
