@@ -1,22 +1,29 @@
 """Elton in the simulator: the real sans-IO cores on simulated hosts.
 
-What runs for real (the same code as ``eltond``):
+What runs for real (the same code as ``eltond``), named in the report under ``systems.elton.cores``:
 - ``dht.Placement``: which masters hold a key's counter (home first);
 - ``mesh.core.issuance.Issuer`` on every master, pumped by ``SimHost``: commits, the replicated
   counter, signed manifests, persistence records (kept per host and handed back on restart);
-- ``mesh.core.costs.CostModel``: the expected cost (price, RTT, bandwidth EWMA) that ranks holders.
+- ``mesh.core.fetch.FetchPlanner``, one per read, ``mesh.core.fetch.WanCoalescer`` and
+  ``mesh.core.holders.HolderIndex`` on each cluster's coalescing master, and a
+  ``mesh.core.holders.HolderReporter`` on every host that holds chunks, wired as
+  ``mesh.runtime.fetch`` and ``mesh.runtime.holders`` wire them (``sim/systems/elton_fetch.py``);
+- ``mesh.core.costs.CostModel``: the expected cost (price, RTT, bandwidth EWMA) by which the
+  planner ranks holders, one per reading cluster.
 
-What the simulator still does itself, until the matching core lands (named in the report under
-``systems.elton.cores``): the failure detector's view (hosts' up/down state, standing in for
-the membership core), the holder index, the fetch loop and the in-cluster coalescing of misses
-(``mesh.core.fetch`` and ``mesh.core.holders`` landed too late to be wired), and the home's answer to
-"latest version of this key" (a directory of acknowledged manifests).
+What is modelled: the failure detector (the simulator's host up/down state, seen at once by the
+index, the coalescer, the planners and the issuers; the real ``mesh.core.membership`` cores run in
+the ``gossip`` scenario only: wiring them here, for the small scenarios, is still to do), Vivaldi
+(RTTs are the scenario's latencies), and the home's answer to "latest version of this key" (a
+directory of acknowledged manifests).
 
-The data path: a writer keeps its chunks (it becomes their holder) and sends only the draft to
-its cluster's master, which submits it to its Issuer. A reader asks its master for the latest
-manifest (one round trip to the home), then takes each chunk from a holder in its own cluster
-if there is one, else waits for a fetch of that chunk into its cluster already under way, else
-pulls it across the WAN from the cheapest holder; the new copy becomes a holder.
+The data path: a writer keeps its chunks (it becomes their holder and reports them to its
+cluster's master) and sends only the draft to its cluster's master, which submits it to its
+Issuer. A reader asks its master for the latest manifest (one round trip to the home); the
+chunks its disk lacks go to a FetchPlanner, which takes each from the cheapest holder it learns
+of (its own cluster's master first, then the other clusters' masters, and the manifest's author),
+claims a WAN pull at its cluster's master so that concurrent misses make one transfer, verifies
+every chunk by hash and size, and becomes a holder of what it fetched.
 """
 
 from __future__ import annotations
@@ -226,8 +233,9 @@ class EltonSystem(System):
         cores = {
             "placement": "real: dht.Placement",
             "issuance": "real: mesh.core.issuance.Issuer via SimHost" if HAVE_ISSUER else "absent: commits fail",
-            "membership": "not wired in this system: the simulator's host up/down state stands in for the failure"
-                          " detector; the gossip scenario (sim.gossip) runs the real mesh.core.membership cores",
+            "membership": "modelled in every scenario: the simulator's host up/down state stands in for the failure"
+                          " detector (a crash is seen at once by the index, the coalescer, the planners and the"
+                          " issuers); the gossip scenario (sim.gossip) runs the real mesh.core.membership cores",
             "holder index": "real: mesh.core.holders.HolderIndex on each cluster's coalescing master, fed by a"
                             " HolderReporter on every host that holds chunks (reports are simulated messages);"
                             " VersionHolders is not wired (eltond does not use it either)",

@@ -94,6 +94,7 @@ class NodeState:
     timer: Timer | None = None
     armed: float | None = None
     reads: dict[int, Read] = field(default_factory=dict)
+    fetching: dict[str, Read] = field(default_factory=dict)  # chunk -> the read of this host fetching it
 
 
 @dataclass(eq=False)
@@ -273,6 +274,12 @@ class FetchLayer:
             self._new_reporter(st)
         else:
             self._arm_reporter(st)
+        for h in chunks:  # reads of this host that wait for another read's fetch of it
+            if st.fetching.pop(h, None) is not None:
+                for r in list(st.reads.values()):
+                    if h in r.waiting:
+                        r.waiting.discard(h)
+                        r.check_done()
 
     def _new_reporter(self, st: NodeState) -> None:
         st.epoch += 1
@@ -495,9 +502,14 @@ class Read:
         self.manifest = manifest
         self.started = started
         self.done = done
-        held = layer.node(host).store
-        # what the local store lacks, each chunk once (Repository._read_slices asks the remote for these)
-        self.refs = list({c.hash: c for c in manifest.chunks if c.hash not in held}.values())
+        st = layer.node(host)
+        # what the local store lacks, each chunk once; a chunk another read of this host is fetching is
+        # waited for, not fetched again (Repository._read_slices); the remote fetches the rest
+        missing = list({c.hash: c for c in manifest.chunks if c.hash not in st.store}.values())
+        self.refs = [c for c in missing if c.hash not in st.fetching]
+        self.waiting = {c.hash for c in missing if c.hash in st.fetching}
+        for c in self.refs:
+            st.fetching[c.hash] = self
         self.hashes = {c.hash for c in self.refs}
         self.told: dict[str, set[str]] = {h: set() for h in self.hashes}
         self.faulted: dict[str, dict[str, None]] = {}
@@ -511,7 +523,7 @@ class Read:
 
     def start(self) -> None:
         if not self.refs:
-            self.finish(True)
+            self.check_done()
             return
         self.layer.lookup(self.host, sorted(self.hashes), self._begin, own_first=True)
 
@@ -543,7 +555,7 @@ class Read:
         if self.finished:
             return
         if p.finished:
-            self.finish(p.done)
+            self.check_done()
             return
         deadline = p.next_deadline()
         if deadline != self.armed:
@@ -551,6 +563,15 @@ class Read:
                 self.timer.cancel()
             self.armed = deadline
             self.timer = None if deadline is None else self.layer.engine.timer(deadline, self._fire)
+
+    def check_done(self) -> None:
+        if self.finished:
+            return
+        p = self.planner
+        if p is not None and p.failed:
+            self.finish(False)
+        elif (p is not None and p.done or not self.refs) and not self.waiting:
+            self.finish(True)
 
     def _fire(self) -> None:
         self.timer = self.armed = None
@@ -647,6 +668,12 @@ class Read:
         st = layer.nodes.get(self.host)
         if st is not None:
             st.reads.pop(self.id, None)
+            lost = [h for h, r in st.fetching.items() if r is self]
+            for h in lost:  # what this read did not fetch fails the reads waiting for it
+                del st.fetching[h]
+            for r in list(st.reads.values()):
+                if r.waiting & set(lost):
+                    r.finish(False)
         if ok:  # what the reader is given: fetched bytes, or its own copies (read from its disk)
             m = self.manifest
             given = tuple(chunk_ref_of(self.fetched[c.hash]) if c.hash in self.fetched else chunk_ref_of(chunk_data(c))
