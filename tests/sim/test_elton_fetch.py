@@ -91,3 +91,14 @@ def test_a_coalescer_that_grants_every_claim_is_caught(monkeypatch):
     monkeypatch.setattr(WanCoalescer, "_claim", always_grant)
     r = run_system(load_scenario("image-rollout", ROLLOUT), 3, "elton")
     assert any("crossed the WAN into" in v for v in r.violations)
+
+
+def test_two_reads_of_one_file_on_one_host_share_one_fetch_per_chunk():
+    ops = ('workload=[{kind="ops",ops=[{at=30,host="private/1",op="write",key="f",size=67108864},'
+           '{at=100,host="public/1",op="read",key="f"},{at=100.5,host="public/1",op="read",key="f"}]}]')
+    r = run_system(load_scenario("thesis", [ops]), 1, "elton")
+    assert r.violations == [] and len(r.read_latencies) == 2
+    assert r.extra["fetch"]["planners"] == 1 and r.extra["fetch"]["wan_grants"] == 16
+    assert 64 * MIB <= r.ledger.wan_by_category["data"] < 64 * MIB + 64 * 1024
+    first, second = sorted(r.read_latencies, reverse=True)
+    assert abs(first - 0.5 - second) < 0.1  # the second read waited for the first one's copies
