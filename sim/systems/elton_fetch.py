@@ -20,13 +20,23 @@ bandwidth queuing, loss, partitions and crashes apply to it):
   ``Deliver``, ``HolderFault`` (``missing`` in the own cluster -> ``holders.drop``), ``FetchFailed``;
   the planner's one timer is re-armed at ``next_deadline()`` after every call.
 
+A read asks the planner only for the chunks its host's disk lacks; a chunk another read of the same
+host is already fetching is waited for, not fetched again (``Repository._read_slices``).
+
 Differences from ``eltond``, all on the runtime side: the failure detector is modelled (a host's
-crash is seen at once by the index, the coalescer, the planners and the cost models; a restart too);
+crash is seen at once by the index, the coalescer, the planners and the cost models, a restart
+too, and every ``TOUCH_S`` it renews the index leases of live hosts, as ``HolderService.refresh``
+does with membership; so a scenario may stretch heartbeats, ``[elton] holder_heartbeat_s``);
 only the coalescing master keeps an index (``eltond`` reports to every master of the cluster; the
 others are never asked here); a read first asks its own cluster's master and asks the other
 clusters' masters only about the chunks its own cluster lacks (``eltond`` asks all at once); a
 report's reply is only simulated when it asks for a full report; a cancelled request's bytes keep
 flowing (a pipe cannot abort a flow) but its answer is ignored, as the planner ignores it.
+
+The WAN invariant is checked against the simulator's ground truth, not the index: when a pull the
+cluster's master granted starts, no other granted pull of that chunk into the cluster may be in
+flight and no live host of the cluster may have held it for ``SETTLE_S`` (time to report it)
+without having failed this read.
 """
 
 from __future__ import annotations
