@@ -29,10 +29,17 @@ class Context:
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
+    _masters: dict[str, list[Host]] | None = field(default=None, repr=False)
+
     def master_of(self, cluster: str) -> str | None:
         """The first live master of a cluster."""
-        for h in self.hosts:
-            if h.cluster == cluster and h.master and h.up:
+        if self._masters is None:
+            self._masters = {}
+            for h in self.hosts:
+                if h.master:
+                    self._masters.setdefault(h.cluster, []).append(h)
+        for h in self._masters.get(cluster, ()):
+            if h.up:
                 return h.name
         return None
 

@@ -1,22 +1,29 @@
 """Elton in the simulator: the real sans-IO cores on simulated hosts.
 
-What runs for real (the same code as ``eltond``):
+What runs for real (the same code as ``eltond``), named in the report under ``systems.elton.cores``:
 - ``dht.Placement``: which masters hold a key's counter (home first);
 - ``mesh.core.issuance.Issuer`` on every master, pumped by ``SimHost``: commits, the replicated
   counter, signed manifests, persistence records (kept per host and handed back on restart);
-- ``mesh.core.costs.CostModel``: the expected cost (price, RTT, bandwidth EWMA) that ranks holders.
+- ``mesh.core.fetch.FetchPlanner``, one per read, ``mesh.core.fetch.WanCoalescer`` and
+  ``mesh.core.holders.HolderIndex`` on each cluster's coalescing master, and a
+  ``mesh.core.holders.HolderReporter`` on every host that holds chunks, wired as
+  ``mesh.runtime.fetch`` and ``mesh.runtime.holders`` wire them (``sim/systems/elton_fetch.py``);
+- ``mesh.core.costs.CostModel``: the expected cost (price, RTT, bandwidth EWMA) by which the
+  planner ranks holders, one per reading cluster.
 
-What the simulator still does itself, until the matching core lands (named in the report under
-``systems.elton.cores``): the failure detector's view (hosts' up/down state, standing in for
-the membership core), the holder index, the fetch loop and the in-cluster coalescing of misses
-(``mesh.core.fetch`` and ``mesh.core.holders`` landed too late to be wired), and the home's answer to
-"latest version of this key" (a directory of acknowledged manifests).
+What is modelled: the failure detector (the simulator's host up/down state, seen at once by the
+index, the coalescer, the planners and the issuers; the real ``mesh.core.membership`` cores run in
+the ``gossip`` scenario only: wiring them here, for the small scenarios, is still to do), Vivaldi
+(RTTs are the scenario's latencies), and the home's answer to "latest version of this key" (a
+directory of acknowledged manifests).
 
-The data path: a writer keeps its chunks (it becomes their holder) and sends only the draft to
-its cluster's master, which submits it to its Issuer. A reader asks its master for the latest
-manifest (one round trip to the home), then takes each chunk from a holder in its own cluster
-if there is one, else waits for a fetch of that chunk into its cluster already under way, else
-pulls it across the WAN from the cheapest holder; the new copy becomes a holder.
+The data path: a writer keeps its chunks (it becomes their holder and reports them to its
+cluster's master) and sends only the draft to its cluster's master, which submits it to its
+Issuer. A reader asks its master for the latest manifest (one round trip to the home); the
+chunks its disk lacks go to a FetchPlanner, which takes each from the cheapest holder it learns
+of (its own cluster's master first, then the other clusters' masters, and the manifest's author),
+claims a WAN pull at its cluster's master so that concurrent misses make one transfer, verifies
+every chunk by hash and size, and becomes a holder of what it fetched.
 """
 
 from __future__ import annotations
@@ -29,12 +36,13 @@ import blake3
 from dht.placement import Master, Placement
 from mesh.core.codec import pack
 from mesh.core.costs import CostModel, LinkClass, PriceTable
-from mesh.core.costs import Host as CostHost
+from mesh.core.fetch import FetchConfig
 from mesh.core.identity import Identity
-from mesh.core.manifest import ChunkRef, Draft, Manifest
+from mesh.core.manifest import Draft, Manifest
 from sim.content import content_hash
 from sim.host import SimHost
 from sim.systems.base import CHUNK_REF_BYTES, CONTROL_BYTES, Context, Done, System
+from sim.systems.elton_fetch import HEARTBEAT, FetchLayer
 from sim.workload import Op
 
 try:  # the issuance core is being written in parallel; say so in the report if it is absent
@@ -44,9 +52,6 @@ try:  # the issuance core is being written in parallel; say so in the report if 
     HAVE_ISSUER = True
 except ImportError:  # pragma: no cover - depends on the state of the tree
     HAVE_ISSUER = False
-
-FETCH_WINDOW = 4  # chunks a reader fetches at once
-MAX_CANDIDATES = 8  # holders per cluster the cost model ranks for one chunk
 
 
 def price_table(ctx: Context) -> PriceTable:
@@ -83,11 +88,14 @@ class EltonSystem(System):
         self.records: dict[str, list[Any]] = {h: [] for h in self.node_of}
         self.pending: dict[str, Callable[[Any], None]] = {}  # request id -> done callback
         self.directory: dict[str, Manifest] = {}  # key -> newest acknowledged manifest
-        self.holders: dict[str, dict[str, dict[str, None]]] = {}  # chunk -> cluster -> hosts (in arrival order)
-        self.in_flight: dict[tuple[str, str], list[Callable[[str | None], None]]] = {}  # (chunk, cluster)
         self._requests = 0
         self.cost_models: dict[str, CostModel] = {}  # per reading cluster (its nodes share estimates)
         self.table = price_table(ctx)
+        order: dict[str, list[str]] = {c: [] for c in ctx.scenario.cluster_names()}
+        for _nid, hn in sorted(self.masters.items()):  # the coalescing master: lowest node id first
+            order[ctx.net.hosts[hn].cluster].append(hn)
+        self.heartbeat = float(cfg.get("holder_heartbeat_s", HEARTBEAT))
+        self.fetch = FetchLayer(ctx, order, self._model, FetchConfig(), self.heartbeat)
 
     # ---- masters and their cores ---------------------------------------------------------
 
@@ -122,6 +130,7 @@ class EltonSystem(System):
                 cb(effect)
 
     def host_changed(self, host: Any) -> None:
+        self.fetch.host_changed(host.name, host.up)
         if not host.master or not HAVE_ISSUER:
             return
         nid = self.node_of[host.name]
@@ -144,8 +153,8 @@ class EltonSystem(System):
         if master is None or not HAVE_ISSUER:
             done(False, 0)
             return
-        for c in op.chunks:  # the writer keeps its chunks: nothing leaves the host at write time
-            self._add_holder(c.hash, op.host)
+        # the writer keeps its chunks (reported to its master as held): nothing leaves the cluster
+        self.fetch.hold(op.host, [c.hash for c in op.chunks])
         draft = Draft(op.key, op.size, content_hash(op.chunks), op.chunks, author=op.host)
         self._requests += 1
         request_id = f"r{self._requests}"
@@ -197,57 +206,17 @@ class EltonSystem(System):
 
         def at_master(m: Manifest | None) -> None:
             size = CONTROL_BYTES + (CHUNK_REF_BYTES * len(m.chunks) if m else 0)
-            ctx.net.send(master, op.host, size, lambda: self._fetch_all(op, m, done) if m else fail(),
-                         "control", on_fail=fail)
+            ctx.net.send(master, op.host, size, lambda: fetch(m) if m else fail(), "control", on_fail=fail)
+
+        def fetch(m: Manifest) -> None:
+            if not ctx.net.hosts[op.host].up:
+                fail()
+                return
+            self.fetch.read(op.host, m, op.at, lambda ok: done(ok, m.version if ok else 0))
 
         ctx.net.send(op.host, master, CONTROL_BYTES,
                      lambda: ctx.net.send(master, home, CONTROL_BYTES, at_home, "control", on_fail=fail),
                      "control", on_fail=fail)
-
-    def _fetch_all(self, op: Op, m: Manifest, done: Done) -> None:
-        ctx = self.ctx
-        todo = list(m.chunks)
-        state = {"next": 0, "left": len(todo), "failed": False}
-
-        def one_done(ok: bool) -> None:
-            if state["failed"]:
-                return
-            if not ok:
-                state["failed"] = True
-                done(False, 0)
-                return
-            state["left"] -= 1
-            if state["left"] == 0:
-                ctx.checker.on_read(ctx.engine.now, op.at, m.key, m.version, m.chunks)
-                done(True, m.version)
-            else:
-                start_next()
-
-        def start_next() -> None:
-            if state["next"] < len(todo):
-                c = todo[state["next"]]
-                state["next"] += 1
-                self._fetch(op.host, c, one_done, attempts=3)
-
-        if not todo:
-            ctx.checker.on_read(ctx.engine.now, op.at, m.key, m.version, m.chunks)
-            done(True, m.version)
-        for _ in range(min(FETCH_WINDOW, len(todo))):
-            start_next()
-
-    def _add_holder(self, chunk: str, host: str) -> None:
-        self.holders.setdefault(chunk, {}).setdefault(self.ctx.net.hosts[host].cluster, {})[host] = None
-
-    def _candidates(self, chunk: str, cluster: str) -> list[str]:
-        """The most recent live holders of ``chunk`` in ``cluster`` (bounded, as the planner's list is)."""
-        hosts = self.ctx.net.hosts
-        out: list[str] = []
-        for h in reversed(self.holders.get(chunk, {}).get(cluster, {})):
-            if hosts[h].up:
-                out.append(h)
-                if len(out) == MAX_CANDIDATES:
-                    break
-        return out
 
     def _model(self, cluster: str) -> CostModel:
         m = self.cost_models.get(cluster)
@@ -260,84 +229,22 @@ class EltonSystem(System):
             m = self.cost_models[cluster] = CostModel(self.table, rtt=rtt)
         return m
 
-    def _cost(self, src: str, dst: str, size: int) -> float:
-        """Expected USD of fetching ``size`` bytes from holder ``src`` to reader ``dst`` (mesh.core.costs)."""
-        hosts = self.ctx.net.hosts
-        local, holder = CostHost(dst, hosts[dst].cluster), CostHost(src, hosts[src].cluster)
-        return self._model(hosts[dst].cluster).estimate(local, holder, size).cost
-
-    def _fetch(self, reader: str, c: ChunkRef, done: Callable[[bool], None], attempts: int) -> None:
-        ctx = self.ctx
-        cluster = ctx.net.hosts[reader].cluster
-        if reader in self.holders.get(c.hash, {}).get(cluster, {}):
-            done(True)
-            return
-        local = self._candidates(c.hash, cluster)
-        if local:
-            src = min(local, key=lambda h: (self._cost(h, reader, c.size), h))
-            self._transfer(src, reader, c, lambda ok: self._after(reader, c, ok, done, attempts))
-            return
-        waiters = self.in_flight.get((c.hash, cluster))
-        if waiters is not None:  # a fetch of this chunk into our cluster is under way: wait for it
-            ctx.count("coalesced_fetches")
-            waiters.append(lambda _holder: self._fetch(reader, c, done, attempts))
-            return
-        holders = [h for other in sorted(self.holders.get(c.hash, {})) if other != cluster
-                   for h in self._candidates(c.hash, other)]
-        if not holders:
-            done(False)
-            return
-        src = min(holders, key=lambda h: (self._cost(h, reader, c.size), h))
-        ctx.checker.on_wan_fetch(ctx.engine.now, c.hash, cluster, len(local), 0)
-        self.in_flight[(c.hash, cluster)] = []
-        ctx.count("wan_chunk_fetches")
-
-        def arrived(ok: bool) -> None:
-            waiters = self.in_flight.pop((c.hash, cluster), [])
-            self._after(reader, c, ok, done, attempts)
-            for w in waiters:
-                w(reader if ok else None)
-
-        self._transfer(src, reader, c, arrived)
-
-    def _after(self, reader: str, c: ChunkRef, ok: bool, done: Callable[[bool], None], attempts: int) -> None:
-        if ok:
-            self._add_holder(c.hash, reader)
-            done(True)
-        elif attempts > 1 and self.ctx.net.hosts[reader].up:
-            self.ctx.count("fetch_retries")
-            self._fetch(reader, c, done, attempts - 1)
-        else:
-            done(False)
-
-    def _transfer(self, src: str, dst: str, c: ChunkRef, done: Callable[[bool], None]) -> None:
-        net = self.ctx.net
-        engine = self.ctx.engine
-        started = engine.now
-
-        def arrived() -> None:
-            hosts = net.hosts
-            self._model(hosts[dst].cluster).observe_transfer(
-                CostHost(dst, hosts[dst].cluster), CostHost(src, hosts[src].cluster), c.size, engine.now - started)
-            done(True)
-
-        net.send(dst, src, CONTROL_BYTES,
-                 lambda: net.send(src, dst, c.size + CONTROL_BYTES, arrived, "data", on_fail=lambda: done(False)),
-                 "control", on_fail=lambda: done(False))
-
     def report(self) -> dict[str, Any]:
         cores = {
             "placement": "real: dht.Placement",
             "issuance": "real: mesh.core.issuance.Issuer via SimHost" if HAVE_ISSUER else "absent: commits fail",
-            "membership": "not wired in this system: the simulator's host up/down state stands in for the failure"
-                          " detector; the gossip scenario (sim.gossip) runs the real mesh.core.membership cores",
-            "holder index": "not wired (mesh.core.holders landed late): the simulator keeps the holder set",
-            "fetch planner and coalescing": "not wired (mesh.core.fetch landed late): the simulator asks the"
-                                            " cost model for the cheapest live holder and allows one WAN"
-                                            " fetch per chunk per cluster at a time",
+            "membership": "modelled in every scenario: the simulator's host up/down state stands in for the failure"
+                          " detector (a crash is seen at once by the index, the coalescer, the planners and the"
+                          " issuers); the gossip scenario (sim.gossip) runs the real mesh.core.membership cores",
+            "holder index": "real: mesh.core.holders.HolderIndex on each cluster's coalescing master, fed by a"
+                            " HolderReporter on every host that holds chunks (reports are simulated messages);"
+                            " VersionHolders is not wired (eltond does not use it either)",
+            "fetch planner": "real: one mesh.core.fetch.FetchPlanner per read (holders looked up at the masters,"
+                             " effects carried out over the simulated network, chunks verified by hash and size)",
+            "WAN coalescing": "real: mesh.core.fetch.WanCoalescer on each cluster's coalescing master",
             "cost model": "real: mesh.core.costs.CostModel (PriceTable from the scenario, bandwidth EWMA"
                           " fed by every simulated transfer) ranks the holders",
             "vivaldi": "not wired: RTTs given to the cost model are the scenario's link latencies",
         }
         sent = sum(sh.sent for sh in self.sim_hosts.values())
-        return {"cores": cores, "issuance_messages": sent}
+        return {"cores": cores, "issuance_messages": sent, "fetch": self.fetch.report()}
