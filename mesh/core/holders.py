@@ -233,6 +233,7 @@ class HolderIndex:
         self._by_chunk: dict[str, set[str]] = {}
         self._out: list[RequestFullReport] = []
         self.ignored = 0  # duplicate, stale or out-of-order reports
+        self._answers = 0  # answers that listed a subset of a chunk's holders (where the next one starts)
 
     def _renew(self, node: str, rec: _NodeRecord, now: float) -> None:
         rec.expires = now + self.ttl
@@ -336,7 +337,17 @@ class HolderIndex:
         return sorted(n for n in self._by_chunk.get(chunk, ()) if self._nodes[n].expires > now)
 
     def answer(self, query: WhoHolds, cluster: str, now: float) -> Holders:
-        return Holders(cluster, tuple((c, tuple(self.holders(c, now)[:MAX_HOLDERS_LISTED])) for c in query.chunks))
+        """At most ``MAX_HOLDERS_LISTED`` holders per chunk; when a chunk has more, each answer starts
+        further along the list, so a crowd of readers is spread over every holder, not the first few."""
+        entries = []
+        for c in query.chunks:
+            live = self.holders(c, now)
+            if len(live) > MAX_HOLDERS_LISTED:
+                start = self._answers % len(live)
+                self._answers += 1
+                live = (live[start:] + live[:start])[:MAX_HOLDERS_LISTED]
+            entries.append((c, tuple(live)))
+        return Holders(cluster, tuple(entries))
 
     def chunks_of(self, node: str) -> frozenset[str]:
         rec = self._nodes.get(node)

@@ -211,3 +211,17 @@ def test_a_chunk_found_missing_is_dropped_even_if_first_hand() -> None:
     r.request_full()
     pump(r, ix, "n1", 2.0)
     assert ix.holders(H[9], 2.0) == []
+
+
+def test_answers_spread_readers_over_every_holder_of_a_popular_chunk() -> None:
+    from mesh.core.holders import MAX_HOLDERS_LISTED, WhoHolds
+    ix = HolderIndex(ttl=30)
+    nodes = [f"n{i:03d}" for i in range(5 * MAX_HOLDERS_LISTED)]
+    for n in nodes:
+        ix.receive(n, HolderReport(1, 1, (H[0],), full=True), 0.0)
+    seen: set[str] = set()
+    for _ in range(len(nodes)):
+        [(chunk, listed)] = ix.answer(WhoHolds((H[0],)), "c1", 1.0).entries
+        assert chunk == H[0] and len(listed) == MAX_HOLDERS_LISTED and set(listed) <= set(nodes)
+        seen.update(listed)
+    assert seen == set(nodes)
