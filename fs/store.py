@@ -78,10 +78,11 @@ class Fetch:
         """True when bytes [0, end) can be read now, or the fetch failed (``wait`` then raises)."""
         return self.done >= end or self.finished or self.error is not None
 
-    def wait(self, end: int) -> None:
-        """Block until bytes [0, end) are on disk; raise the fetch's error if it failed."""
+    def wait(self, end: int | None = None) -> None:
+        """Block until bytes [0, end) are on disk (the whole file has its final name when ``end`` is
+        None); raise the fetch's error if it failed."""
         with self._cond:
-            while self.done < end and not self.finished and self.error is None:
+            while (end is None or self.done < end) and not self.finished and self.error is None:
                 self._cond.wait()
         if self.error is not None:
             raise self.error
@@ -161,7 +162,7 @@ class Store:
         got = self.fetch(chunks)
         if isinstance(got, Path):
             return got
-        got.wait(got.size)
+        got.wait()
         return got.path
 
     def fetch(self, chunks: Chunks) -> Path | Fetch:
