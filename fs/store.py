@@ -6,9 +6,11 @@ valid forever: a lower file is fetched once, on first open, then served from the
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from mesh.core.codec import pack
 from mesh.core.manifest import chunk_hash
 from mesh.errors import CorruptChunk
 
+log = logging.getLogger("eltonfs")
 FIXED_PIECE = 4 * 1024 * 1024
 DIR_CACHE = 4096
 UPLOAD_BATCH_BYTES = 64 * 1024 * 1024
@@ -195,9 +198,13 @@ class Store:
     def _run_fetch(self, name: str, f: Fetch, fd: int, chunks: Chunks) -> None:
         try:
             try:
+                t0 = time.perf_counter()
                 with open(fd, "wb", closefd=True) as out:
                     self._fetch(chunks, out, f.advance)
                 os.replace(f.tmp, f.path)
+                if f.size >= 64 << 20:
+                    dt = time.perf_counter() - t0
+                    log.info("fetched a lower file: %d MiB in %.2f s (%.0f MB/s)", f.size >> 20, dt, f.size / dt / 1e6)
             except BaseException as exc:
                 f.tmp.unlink(missing_ok=True)
                 f.fail(exc)
