@@ -58,28 +58,14 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 
 class Fetch:
-    """A lower file being written into the cache; readers may read the bytes that have arrived."""
+    """A lower file being written into the cache; ``wait`` for a prefix of it or for the whole file."""
 
-    def __init__(self, size: int, tmp: Path, path: Path, reader_fd: int) -> None:
+    def __init__(self, size: int, tmp: Path, path: Path) -> None:
         self.size, self.tmp, self.path = size, tmp, path
         self.done = 0  # bytes on disk, from the start
         self.finished = False
         self.error: BaseException | None = None
-        self._reader_fd = reader_fd  # dup'ed for readers until the file has its final name
         self._cond = threading.Condition()
-
-    def open_reader(self) -> int:
-        """A read-only descriptor of the file (valid across the final rename)."""
-        with self._cond:
-            if self._reader_fd >= 0:
-                return os.dup(self._reader_fd)
-        if self.error is not None:
-            raise self.error
-        return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-
-    def ready(self, end: int) -> bool:
-        """True when bytes [0, end) can be read now, or the fetch failed (``wait`` then raises)."""
-        return self.done >= end or self.finished or self.error is not None
 
     def wait(self, end: int | None = None) -> None:
         """Block until bytes [0, end) are on disk (the whole file has its final name when ``end`` is
@@ -104,9 +90,6 @@ class Fetch:
     def _end(self, exc: BaseException | None) -> None:
         with self._cond:
             self.error, self.finished = exc, exc is None
-            if self._reader_fd >= 0:
-                os.close(self._reader_fd)
-                self._reader_fd = -1
             self._cond.notify_all()
 
 
@@ -169,8 +152,8 @@ class Store:
         return got.path
 
     def fetch(self, chunks: Chunks) -> Path | Fetch:
-        """The cached file's path, or the fetch that is writing it (started here if none runs): readers
-        may read what has arrived while the rest comes (``Fetch.open_reader``, ``Fetch.wait``)."""
+        """The cached file's path, or the fetch that is writing it (started here if none runs): callers
+        for the same file share one fetch."""
         name = chunk_hash(pack([[h, s] for h, s in chunks]))
         path = self.files_dir / name[:2] / name
         if path.exists():
@@ -184,12 +167,7 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                f = Fetch(sum(s for _, s in chunks), tmp, path, os.open(tmp, os.O_RDONLY | os.O_CLOEXEC))
-            except BaseException:
-                os.close(fd)
-                tmp.unlink(missing_ok=True)
-                raise
+            f = Fetch(sum(s for _, s in chunks), tmp, path)
             self._fetches[name] = f
         threading.Thread(target=self._run_fetch, args=(name, f, fd, chunks), daemon=True,
                          name="eltonfs-fetch").start()
