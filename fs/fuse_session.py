@@ -35,6 +35,7 @@ from fs.fuse_ops import Operations
 log = logging.getLogger("eltonfs")
 MAX_WRITE = 1 << 20
 BUFSIZE = MAX_WRITE + 64 * 1024
+READAHEAD_KB = 4096
 MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -173,7 +174,21 @@ class Session:
                     break
                 else:
                     await self._dispatch(h, buf)
+                    if h.opcode == w.INIT:  # the kernel has applied the reply: now readahead may grow
+                        self._raise_readahead()
             nursery.cancel_scope.cancel()
+
+    def _raise_readahead(self) -> None:
+        """Let the kernel read ahead READAHEAD_KB of a file read through us (a lower file), so a
+        sequential read comes in 1 MiB requests, not the default 128 KiB: 8x fewer Python round trips."""
+        mnt = os.fsencode(os.path.abspath(self.mountpoint))  # not realpath: it would stat our own mount
+        try:
+            with open("/proc/self/mountinfo", "rb") as f:
+                devs = [line.split()[2] for line in f if line.split()[4] == mnt]
+            if devs:
+                Path(f"/sys/class/bdi/{devs[-1].decode()}/read_ahead_kb").write_text(f"{READAHEAD_KB}\n")
+        except OSError as exc:
+            log.info("readahead left at the kernel's default: %s", exc)
 
     def _send(self, parts: list[bytes]) -> None:
         try:

@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS inodes(
 CREATE TABLE IF NOT EXISTS dentries(parent INT NOT NULL, name BLOB NOT NULL, ino INT NOT NULL,
   PRIMARY KEY(parent, name));
 CREATE INDEX IF NOT EXISTS dentries_ino ON dentries(ino);
+CREATE TABLE IF NOT EXISTS links(key TEXT PRIMARY KEY, ino INT NOT NULL);
 CREATE TABLE IF NOT EXISTS xattrs(ino INT NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
   PRIMARY KEY(ino, name));
 """
@@ -161,6 +162,7 @@ class State:
         """Forget an inode with no name left and no user (its upper file goes too)."""
         self.db.execute("DELETE FROM inodes WHERE ino=?", (ino,))
         self.db.execute("DELETE FROM xattrs WHERE ino=?", (ino,))
+        self.db.execute("DELETE FROM links WHERE ino=?", (ino,))
         self.upper_path(ino).unlink(missing_ok=True)
 
     # -- directories ------------------------------------------------------------------------------
@@ -174,10 +176,29 @@ class State:
                 self._insert_entry(node.ino, os.fsencode(name), e)
             self.update(node.ino, lower_ref=None)
         node.lower_ref = None
+        # the other names of a hard-link group come in now too, so all of them are one inode here and a
+        # commit rebuilds every directory that holds one
+        for e in entries.values():
+            for path in e.links:
+                parent_path, _, name = path.rpartition("/")
+                parent = self.resolve(parent_path)
+                if parent is not None and self.need(parent).is_dir:
+                    self.lookup(parent, os.fsencode(name))
 
     def _insert_entry(self, parent: int, name: bytes, e: Entry) -> int:
         kind_bits = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}[e.kind]
         fields: dict[str, Any] = {"atime_ns": e.mtime_ns, "mtime_ns": e.mtime_ns, "ctime_ns": e.mtime_ns}
+        key = None
+        if e.kind == FILE and len(e.links) > 1:
+            # every name of a hard-link group has the same entry: the first one met makes the inode
+            # (with the group's link count), the others are names of it
+            key = dir_object({"": e})[0]
+            row = self.db.execute("SELECT ino FROM links WHERE key=?", (key,)).fetchone()
+            known = self.get(row[0]) if row else None
+            if known is not None and known.nlink > 0:
+                self.db.execute("INSERT INTO dentries(parent, name, ino) VALUES(?, ?, ?)", (parent, name, known.ino))
+                return known.ino
+            fields["nlink"] = len(e.links)
         if e.kind == FILE:
             fields.update(size=e.size, chunks=_pack_chunks(e.chunks))
         elif e.kind == DIR:
@@ -187,6 +208,8 @@ class State:
             fields.update(target=target, size=len(target))
         ino = self.new_inode(kind_bits | (e.mode & 0o7777), e.uid, e.gid, 0, **fields)
         self.db.execute("INSERT INTO dentries(parent, name, ino) VALUES(?, ?, ?)", (parent, name, ino))
+        if key is not None:
+            self.db.execute("INSERT OR REPLACE INTO links(key, ino) VALUES(?, ?)", (key, ino))
         for k, v in e.xattrs:
             self.db.execute("INSERT INTO xattrs(ino, name, value) VALUES(?, ?, ?)", (ino, os.fsencode(k), v))
         return ino
@@ -299,6 +322,18 @@ class State:
         """The working tree: (root hash, directory objects, paths of entries a tree cannot hold)."""
         objects: dict[str, bytes] = {}
         skipped: list[str] = []
+        linked: dict[int, tuple[Chunks, tuple[str, ...]]] = {}  # a hard-linked inode's content, once
+
+        def file_of(node: Inode) -> Entry:
+            if node.nlink < 2:
+                return self.entry_of(node, chunks=self.file_chunks(node, upload))
+            if node.ino not in linked:
+                names = self.db.execute("SELECT parent, name FROM dentries WHERE ino=?", (node.ino,)).fetchall()
+                paths = sorted(f"{p}/{os.fsdecode(n)}" if (p := self.path_of(parent)) else os.fsdecode(n)
+                               for parent, n in names)
+                linked[node.ino] = (self.file_chunks(node, upload), tuple(paths) if len(paths) > 1 else ())
+            chunks, links = linked[node.ino]
+            return replace(self.entry_of(node, chunks=chunks), links=links)
 
         def build(node: Inode, prefix: str) -> str:
             if node.lower_ref is not None:
@@ -312,7 +347,7 @@ class State:
                 if child.is_dir:
                     entries[sname] = self.entry_of(child, ref=build(child, path))
                 elif stat.S_ISREG(child.mode):
-                    entries[sname] = self.entry_of(child, chunks=self.file_chunks(child, upload))
+                    entries[sname] = file_of(child)
                 elif stat.S_ISLNK(child.mode):
                     entries[sname] = self.entry_of(child)
                 else:

@@ -6,8 +6,11 @@ valid forever: a lower file is fetched once, on first open, then served from the
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +21,7 @@ from mesh.core.codec import pack
 from mesh.core.manifest import chunk_hash
 from mesh.errors import CorruptChunk
 
+log = logging.getLogger("eltonfs")
 FIXED_PIECE = 4 * 1024 * 1024
 DIR_CACHE = 4096
 UPLOAD_BATCH_BYTES = 64 * 1024 * 1024
@@ -53,6 +57,42 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class Fetch:
+    """A lower file being written into the cache; ``wait`` for a prefix of it or for the whole file."""
+
+    def __init__(self, size: int, tmp: Path, path: Path) -> None:
+        self.size, self.tmp, self.path = size, tmp, path
+        self.done = 0  # bytes on disk, from the start
+        self.finished = False
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+
+    def wait(self, end: int | None = None) -> None:
+        """Block until bytes [0, end) are on disk (the whole file has its final name when ``end`` is
+        None); raise the fetch's error if it failed."""
+        with self._cond:
+            while (end is None or self.done < end) and not self.finished and self.error is None:
+                self._cond.wait()
+        if self.error is not None:
+            raise self.error
+
+    def advance(self, n: int) -> None:
+        with self._cond:
+            self.done += n
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        self._end(None)
+
+    def fail(self, exc: BaseException) -> None:
+        self._end(exc)
+
+    def _end(self, exc: BaseException | None) -> None:
+        with self._cond:
+            self.error, self.finished = exc, exc is None
+            self._cond.notify_all()
+
+
 class Store:
     def __init__(self, client: ChunkClient, cache_dir: Path) -> None:
         self.client = client
@@ -61,7 +101,7 @@ class Store:
         self.files_dir = self.cache_dir / "files"
         self._dirs: OrderedDict[str, dict[str, Entry]] = OrderedDict()
         self._lock = threading.Lock()
-        self._fetching: dict[str, threading.Lock] = {}
+        self._fetches: dict[str, Fetch] = {}
         self._pending: dict[str, bytes] = {}  # chunks to upload, sent in batches
         self._pending_bytes = 0
 
@@ -105,28 +145,103 @@ class Store:
     # -- files ------------------------------------------------------------------------------------
     def file_path(self, chunks: Chunks) -> Path:
         """The cached whole file with these chunks, fetched first if absent (one fetch at a time)."""
+        got = self.fetch(chunks)
+        if isinstance(got, Path):
+            return got
+        got.wait()
+        return got.path
+
+    def fetch(self, chunks: Chunks) -> Path | Fetch:
+        """The cached file's path, or the fetch that is writing it (started here if none runs): callers
+        for the same file share one fetch."""
         name = chunk_hash(pack([[h, s] for h, s in chunks]))
         path = self.files_dir / name[:2] / name
         if path.exists():
             return path
         with self._lock:
-            lock = self._fetching.setdefault(name, threading.Lock())
-        with lock:
-            if not path.exists():
-                def write(f: BinaryIO) -> None:
-                    # one streamed request for the whole file: the node fetches what it lacks in one
-                    # pipelined mesh read (chunk by chunk, each would pay a lookup and a handshake)
-                    stream = getattr(self.client, "stream_chunks", None)
-                    pieces = (stream(list(chunks)) if stream is not None and chunks
-                              else (self.client.get_chunk(h, size) for h, size in chunks))
-                    for (h, size), data in zip(chunks, pieces, strict=True):
-                        if len(data) != size:
-                            raise CorruptChunk(f"chunk {h} has {len(data)} bytes, not {size}")
-                        f.write(data)
-                _atomic_write(path, write)
-        with self._lock:
-            self._fetching.pop(name, None)
-        return path
+            running = self._fetches.get(name)
+            if running is not None:
+                return running
+            if path.exists():
+                return path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            f = Fetch(sum(s for _, s in chunks), tmp, path)
+            self._fetches[name] = f
+        threading.Thread(target=self._run_fetch, args=(name, f, fd, chunks), daemon=True,
+                         name="eltonfs-fetch").start()
+        return f
+
+    def _run_fetch(self, name: str, f: Fetch, fd: int, chunks: Chunks) -> None:
+        try:
+            try:
+                t0 = time.perf_counter()
+                with open(fd, "wb", closefd=True) as out:
+                    self._fetch(chunks, out, f.advance)
+                os.replace(f.tmp, f.path)
+                if f.size >= 64 << 20:
+                    dt = time.perf_counter() - t0
+                    log.info("fetched a lower file: %d MiB in %.2f s (%.0f MB/s)", f.size >> 20, dt, f.size / dt / 1e6)
+            except BaseException as exc:
+                f.tmp.unlink(missing_ok=True)
+                f.fail(exc)
+            else:
+                f.finish()
+        finally:
+            with self._lock:
+                self._fetches.pop(name, None)
+
+    def _fetch(self, chunks: Chunks, f: BinaryIO, advance: Callable[[int], None]) -> None:
+        """Write a file's chunks to ``f``: one streamed request for the whole file (the node fetches what
+        it lacks in one pipelined mesh read), received into reused buffers while a second thread writes
+        the previous chunk to disk, so the network and the page cache work at the same time."""
+        into = getattr(self.client, "stream_chunks_into", None)
+        if into is None or not chunks:
+            stream = getattr(self.client, "stream_chunks", None)
+            pieces = (stream(list(chunks)) if stream is not None and chunks
+                      else (self.client.get_chunk(h, size) for h, size in chunks))
+            for (h, size), data in zip(chunks, pieces, strict=True):
+                if len(data) != size:
+                    raise CorruptChunk(f"chunk {h} has {len(data)} bytes, not {size}")
+                f.write(data)
+                f.flush()
+                advance(size)
+            return
+        f.flush()
+        fd = f.fileno()
+        largest = max(size for _, size in chunks)
+        # three buffers: one being written, one queued for the writer, one being received
+        buffers = [bytearray(largest) for _ in range(3)]
+        todo: queue.Queue[memoryview | None] = queue.Queue(maxsize=1)
+        failed: list[BaseException] = []
+
+        def writer() -> None:
+            try:
+                while (view := todo.get()) is not None:
+                    n = len(view)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    advance(n)
+            except BaseException as exc:  # noqa: BLE001 - handed to the fetching thread
+                failed.append(exc)
+                while todo.get() is not None:  # let the receiver finish or fail
+                    pass
+
+        t = threading.Thread(target=writer, name="eltonfs-fetch-writer", daemon=True)
+        t.start()
+        views = into(list(chunks), buffers)
+        try:
+            for view in views:
+                if failed:
+                    break
+                todo.put(view)
+        finally:
+            views.close()
+            todo.put(None)
+            t.join()
+        if failed:
+            raise failed[0]
 
     def is_cached(self, chunks: Chunks) -> bool:
         name = chunk_hash(pack([[h, s] for h, s in chunks]))

@@ -42,6 +42,9 @@ class Entry:
     ref: str = ""
     target: str = ""
     xattrs: tuple[tuple[str, bytes], ...] = ()
+    # a hard-link group: the sorted paths (from the volume's root) of every name of this inode, the
+    # same in each member's entry; empty for a file with one name
+    links: tuple[str, ...] = ()
 
     def same_content(self, other: Entry | None) -> bool:
         """True when the two entries mean the same thing to a user (a directory's mtime aside)."""
@@ -82,6 +85,8 @@ def encode_dir(entries: Dir) -> bytes:
         rows.append([_name_bytes(name), e.kind, e.mode, e.uid, e.gid, e.mtime_ns, e.size,
                      [[h, s] for h, s in e.chunks], e.ref, _name_bytes(e.target),
                      [[_name_bytes(k), v] for k, v in e.xattrs]])
+        if e.links:  # only then: entries without links encode (and hash) as before they existed
+            rows[-1].append([_name_bytes(p) for p in e.links])
     return pack([FORMAT, rows])
 
 
@@ -93,13 +98,18 @@ def decode_dir(data: bytes) -> dict[str, Entry]:
         if fmt != FORMAT:
             raise ProtocolError("malformed_tree", f"directory format {fmt!r}")
         out: dict[str, Entry] = {}
-        for name, kind, mode, uid, gid, mtime_ns, size, chunks, ref, target, xattrs in rows:
+        for row in rows:
+            if len(row) not in (11, 12):
+                raise ProtocolError("malformed_tree", f"entry with {len(row)} fields")
+            name, kind, mode, uid, gid, mtime_ns, size, chunks, ref, target, xattrs = row[:11]
+            links = tuple(_name_str(p) for p in row[11]) if len(row) == 12 else ()
             if kind not in KINDS:
                 raise ProtocolError("malformed_tree", f"entry kind {kind!r}")
             out[_name_str(name)] = Entry(
                 kind=kind, mode=int(mode), uid=int(uid), gid=int(gid), mtime_ns=int(mtime_ns),
                 size=int(size), chunks=tuple((str(h), int(s)) for h, s in chunks), ref=str(ref),
-                target=_name_str(target), xattrs=tuple((_name_str(k), bytes(v)) for k, v in xattrs))
+                target=_name_str(target), xattrs=tuple((_name_str(k), bytes(v)) for k, v in xattrs),
+                links=links)
     except (TypeError, ValueError) as exc:
         raise ProtocolError("malformed_tree", str(exc)) from exc
     return out

@@ -136,6 +136,40 @@ def test_hard_links_survive_a_commit(host_a: Host, volume: str) -> None:
     host_a.umount(mnt)
 
 
+def test_hard_links_reach_another_host(host_a: Host, host_b: Host, volume: str) -> None:
+    """A hard-link group committed on A is one inode on B: same st_ino, the group's st_nlink, and a write
+    through one name (a copy-up on B) is read through the others, here and after B commits."""
+    mnt = host_a.mount(volume)
+    (mnt / "d1").mkdir()
+    (mnt / "d2").mkdir()
+    (mnt / "d1" / "a").write_text("shared\n")
+    os.link(mnt / "d1" / "a", mnt / "d2" / "b")
+    os.link(mnt / "d1" / "a", mnt / "c")
+    (mnt / "single").write_text("shared\n")  # same content, not a link: stays its own inode
+    host_a.eltonfs("commit", str(mnt), "-m", "links")
+    other = host_b.mount(volume)
+    b = os.stat(other / "d2" / "b")  # the first name B meets is in d2: d1 and the root follow it
+    a, c, single = os.stat(other / "d1" / "a"), os.stat(other / "c"), os.stat(other / "single")
+    assert a.st_ino == b.st_ino == c.st_ino != single.st_ino
+    assert (a.st_nlink, b.st_nlink, c.st_nlink, single.st_nlink) == (3, 3, 3, 1)
+    with open(other / "d2" / "b", "a") as f:
+        f.write("from B\n")
+    assert (other / "d1" / "a").read_text() == (other / "c").read_text() == "shared\nfrom B\n"
+    os.unlink(other / "c")
+    assert os.stat(other / "d1" / "a").st_nlink == 2
+    host_b.eltonfs("commit", str(other), "-m", "edit through a link")
+    host_a.eltonfs("update", str(mnt))
+    a, b = os.stat(mnt / "d1" / "a"), os.stat(mnt / "d2" / "b")
+    assert a.st_ino == b.st_ino and a.st_nlink == 2 and not (mnt / "c").exists()
+    assert (mnt / "d1" / "a").read_text() == "shared\nfrom B\n"
+    host_b.umount(other)
+    third = host_b.mount(volume, "third")
+    assert os.stat(third / "d1" / "a").st_ino == os.stat(third / "d2" / "b").st_ino
+    assert os.stat(third / "d2" / "b").st_nlink == 2
+    host_b.umount(third)
+    host_a.umount(mnt)
+
+
 def test_pyfuse3_engine_still_serves(host_a: Host, volume: str) -> None:
     host_a.env["ELTONFS_ENGINE"] = "pyfuse3"
     mnt = host_a.mount(volume)

@@ -1,4 +1,5 @@
-"""Issue 6, two hosts in two clusters: A writes and commits, B reads lazily, B edits and commits, A updates."""
+"""Issue 6, two hosts in two clusters: A writes and commits (a hard link too), B reads lazily and sees the link as one
+inode, B edits and commits, A updates."""
 
 from __future__ import annotations
 
@@ -45,12 +46,15 @@ def test_two_hosts_share_a_volume_through_commits(tmp_path: Path) -> None:
             (a / "data").mkdir()
             (a / "data" / "big.bin").write_bytes(big)
             (a / "notes.txt").write_text("from A\n")
+            os.link(a / "notes.txt", a / "data" / "notes-link.txt")  # a hard link: one inode on B too
             eltonfs(h, "c1h2", "commit", str(a), "-m", "first from A")
 
             before = wan_in(h, 2)
             eltonfs(h, "c2h2", "mount", "team/vol", str(b), "--cache-dir", str(tmp_path / "cache-b"))
             mounted.append(("c2h2", b))
             assert sorted(p.name for p in b.iterdir()) == ["data", "notes.txt"]
+            n1, n2 = os.stat(b / "notes.txt"), os.stat(b / "data" / "notes-link.txt")
+            assert n1.st_ino == n2.st_ino and n1.st_nlink == n2.st_nlink == 2, "A's hard link is one inode on B"
             listed = wan_in(h, 2) - before
             assert listed < 1024 * 1024, f"listing the tree moved {listed} bytes: contents are fetched on first read only"
             assert (b / "data" / "big.bin").read_bytes() == big
@@ -60,12 +64,15 @@ def test_two_hosts_share_a_volume_through_commits(tmp_path: Path) -> None:
             assert wan_in(h, 2) - again < 256 * 1024, "a second read is served from B's cache"
 
             (b / "notes.txt").write_text("from A\nand from B\n")
+            assert (b / "data" / "notes-link.txt").read_text() == "from A\nand from B\n"
             (b / "data" / "b-only.txt").write_text("B was here\n")
             eltonfs(h, "c2h2", "commit", str(b), "-m", "edit from B")
 
             (a / "local-draft.txt").write_text("not committed yet\n")
             eltonfs(h, "c1h2", "update", str(a))
             assert (a / "notes.txt").read_text() == "from A\nand from B\n"
+            assert (a / "data" / "notes-link.txt").read_text() == "from A\nand from B\n"
+            assert os.stat(a / "notes.txt").st_ino == os.stat(a / "data" / "notes-link.txt").st_ino
             assert (a / "data" / "b-only.txt").read_text() == "B was here\n"
             assert (a / "local-draft.txt").read_text() == "not committed yet\n", "update keeps local changes"
 
