@@ -71,6 +71,7 @@ REPLAY_WINDOW = 1024  # sequence numbers remembered below the highest seen, per 
 MAX_SENDERS_TRACKED = 8192  # replay windows and token buckets kept (least recently used evicted)
 MAX_OUTBOX = 2048  # datagrams waiting for the socket
 MAX_EVENTS = 10_000
+CERT_SYNC_INTERVAL = 2.0  # at most one push-pull a member asks for because a stranger's datagrams came
 MAX_PUSH_PULLS = 4  # concurrent outgoing push-pulls
 MAX_STREAMS = 64  # concurrent incoming TCP exchanges
 MAX_PEERS_SAVED = 64
@@ -213,6 +214,7 @@ class GossipService:
         self._peers: list[Addr] = []
         self._peers_saved_at = 0.0
         self._admission_size = (0, 0)
+        self._cert_sync_at = float("-inf")
         self._closed = False
         self.register_stream_handler("push_pull", self._serve_push_pull, admitted_only=False)
         self.register_stream_handler("join", self._serve_join, admitted_only=False)
@@ -598,9 +600,23 @@ class GossipService:
             msg = Datagram.from_wire(env.body)
         except ProtocolError as exc:
             self._drop(exc.reason)
+            if exc.reason == "unadmitted":
+                self._sync_certificates(now)
             return
         self.core.receive(env.sender, addr, msg, now)
         self._pump()
+
+    def _sync_certificates(self, now: float) -> None:
+        """A signed datagram from a host we hold no certificate of: most likely a member admitted
+        while the certificate's broadcast missed us (its retransmissions are few in a small mesh),
+        and until we learn it we drop everything it sends. Ask a live member, never the stranger
+        (its address may be forged), for its state: the certificates come with it."""
+        if self.core is None or now - self._cert_sync_at < CERT_SYNC_INTERVAL:
+            return
+        peers = [m.gossip for m in self.core.members() if m.id != self.id and m.state.value == "alive"]
+        if peers:
+            self._cert_sync_at = now
+            self._spawn(self._push_pull_task(self.rng.choice(peers)))
 
     def _check_sender(self, env: Envelope) -> None:
         status = "unadmitted" if self.admission is None else self.admission.status(env.sender)

@@ -199,3 +199,34 @@ def test_default_profile_sees_a_crashed_master_dead_everywhere_within_5_seconds(
         finally:
             await close_all(services)
     run(main())
+
+
+def test_a_member_that_missed_a_certificate_broadcast_learns_it_from_a_peer(tmp_path):
+    """The admin's broadcast of a new member's certificate can miss a member (a small mesh
+    retransmits it only a few times); that member then drops every datagram of the newcomer. It
+    must fetch the certificates from a live peer at once, not wait for the 30 s push-pull."""
+    from mesh.core.membership import Config
+    from mesh.core.membership.queue import BroadcastQueue
+
+    async def main():
+        first = service(tmp_path, 0, config=Config.lan())
+        await first.start()
+        token = first.make_token()
+        second = service(tmp_path, 1, config=Config.lan())
+        await second.start(new_mesh=False)
+        await second.join([first.address], token)
+        services = [first, second]
+        try:
+            await wait_for(lambda: all(len(states(s)) == 2 for s in services), 10, "two members")
+            third = service(tmp_path, 2, config=Config.lan())
+            await third.start(new_mesh=False)
+            await third.join([first.address], first.make_token())
+            services.append(third)
+            core = first.core
+            core.queue = BroadcastQueue(core.config.retransmit_mult, core.config.max_broadcasts)  # lost
+            assert second.admission.status(third.id) == "unadmitted"
+            await wait_for(lambda: states(second).get(third.id) == "alive", 5, "the newcomer known")
+            assert second.admission.status(third.id) == "admitted"
+        finally:
+            await close_all(services)
+    run(main())
