@@ -37,6 +37,7 @@ from mesh.core.membership import (
     SendDatagram,
     StartPushPull,
 )
+from mesh.core.membership.config import push_pull_interval
 from mesh.core.membership.messages import Addr, MemberRecord
 from sim.engine import Engine
 from sim.host import ENVELOPE_BYTES, SimHost
@@ -356,7 +357,8 @@ class GossipStudy:
                 "push_pull_exchange_bytes_mean": round(sum(self.exchanges) / len(self.exchanges), 1)
                 if self.exchanges else None,
                 "steady_push_pull_bytes_per_master_per_s": round(
-                    sum(self.exchanges) / len(self.exchanges) / cfg.push_pull_interval, 3) if self.exchanges else None,
+                    sum(self.exchanges) / len(self.exchanges) / push_pull_interval(cfg, n), 3) if self.exchanges else None,
+                "push_pull_interval_s": push_pull_interval(cfg, n),
                 "wan_bytes": led.wan_bytes(),
                 "dropped": dict(sorted(led.dropped.items())),
             },

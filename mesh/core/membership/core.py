@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from mesh.core.admission import AdmissionState
 from mesh.core.codec import pack
 from mesh.core.membership.awareness import Awareness
-from mesh.core.membership.config import Config
+from mesh.core.membership.config import Config, push_pull_interval
 from mesh.core.membership.messages import (
     Ack,
     Addr,
@@ -238,7 +238,7 @@ class Membership:
             if now >= self._next_gossip[pool]:
                 self._gossip(pool, now)
         if now >= self._next_push_pull:
-            self._next_push_pull = now + self.config.push_pull_interval
+            self._next_push_pull = now + push_pull_interval(self.config, self._reachable_count())
             peers = [m for m in self._members.values() if m.id != self.id and m.state == MemberState.ALIVE]
             if peers:
                 peer = self.rng.choice(peers)
