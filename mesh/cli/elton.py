@@ -252,7 +252,8 @@ def stats(client: Client, as_json: bool) -> None:
         quota = "unlimited" if cache["quota_bytes"] is None else human_bytes(cache["quota_bytes"])
         click.echo(f"cached copies: {human_bytes(cache['used_bytes'])} of {quota} in {cache['chunks']} chunks; "
                    f"{cache['evictions']} evicted ({human_bytes(cache['evicted_bytes'])}), "
-                   f"{cache['uncached']} served without keeping")
+                   f"{cache['uncached']} served without keeping, "
+                   f"{cache.get('spared_last_copies', 0)} kept as last copies")
     if st.get("holder_faults"):
         click.echo("holder faults: " + ", ".join(f"{k} {v}" for k, v in st["holder_faults"].items()))
 

@@ -92,6 +92,7 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
         await holders.start()
         repo.on_stored = holders.on_chunks_stored
         repo.cache.on_removed = holders.on_chunks_removed  # evicted copies: masters stop sending readers here
+        repo.cache.last_copy = holders.last_copies  # a copy no other live host holds is never evicted
         repo.before_issue = ChunkReplicator(gossip, repo, config.copies, config.copies_scope,
                                             on_stored=holders.on_chunks_stored).ensure
         issuer = IssuerService(identity, gossip, repo.meta, IssuanceSettings(

@@ -357,6 +357,12 @@ class HolderService:
                                     if n != self.id and self.alive(n) and n in self._members)
         return found
 
+    async def last_copies(self, chunks: list[str]) -> set[str]:
+        """Which of ``chunks`` no other live host of the mesh is known to hold (the cache keeps those):
+        a cluster whose masters do not answer counts as holding nothing."""
+        found = await self.lookup(chunks)
+        return {c for c in chunks if not found.get(c)}
+
     async def _lookup_cluster(self, cluster: str, chunks: list[str]) -> dict[str, tuple[str, ...]]:
         masters = self.masters(cluster)
         if cluster == self.cluster and self.index is not None:

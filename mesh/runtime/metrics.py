@@ -97,6 +97,9 @@ def render_prometheus(m: FetchMetrics, wan_grants: int | None = None) -> str:
         family("elton_cache_evicted_bytes_total", "Bytes of cached copies evicted.", [({}, st["evicted_bytes"])])
         family("elton_cache_uncached_total", "Fetched chunks served without being kept (no room in the cache).",
                [({}, st["uncached"])])
+        family("elton_cache_spared_last_copies_total",
+               "Cached copies kept past their turn: the mesh knew no other live holder of them.",
+               [({}, st.get("spared_last_copies", 0))])
     if wan_grants is not None:
         family("elton_wan_pulls_granted_total", "WAN transfers granted by this master's coalescer.",
                [({}, wan_grants)])

@@ -12,6 +12,9 @@ Which chunks are evictable is decided by where they came from:
   on (``keep``).
 - a cached copy in use (a read streaming it, a transfer serving it, a store writing it) is pinned
   until released (``acquire`` / ``release``) and is not evicted meanwhile.
+- before a cached copy is evicted, the mesh is asked (``last_copy``, one question for a batch of
+  victims) whether another live host holds it; one nobody else holds is pinned as the last copy
+  (asked about again after ``RECHECK_SPARED``), and when the mesh cannot answer nothing is evicted.
 
 The table holds each cached chunk's size and its last use (a logical clock), so the LRU order
 survives a restart; last uses are written in batches (``FLUSH_EVERY`` touches or ``FLUSH_SECONDS``),
@@ -35,7 +38,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from typing import Any
@@ -51,6 +54,10 @@ FLUSH_EVERY = 512  # touches before their last uses are written
 FLUSH_SECONDS = 5.0
 IN_USE = "use"
 STORING = "store"
+LAST_COPY = "last_copy"
+VERIFIED_FOR = 60.0  # seconds an answer "another host holds it" stands for eviction
+RECHECK_SPARED = 300.0  # a copy kept as the last one is asked about again after this long
+EVICT_BATCH = 64 * 1024 * 1024  # bytes freed past the need at once, so the mesh is asked once per batch
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS cache_chunks ("
@@ -115,6 +122,11 @@ class ChunkCache:
         self.busy = busy or (lambda h: False)
         self.clock = clock
         self.on_removed: Callable[[list[str]], None] | None = None
+        # asks the mesh which of these chunks no other live host holds; set once the mesh is up
+        self.last_copy: Callable[[list[str]], Awaitable[set[str]]] | None = None
+        self._verified: dict[str, float] = {}  # chunk -> when another holder was confirmed
+        self.spared = 0  # cached copies kept as the last copy the mesh knows of
+        self._spared: dict[str, float] = {}  # chunk -> when it was kept as the last copy
         self.policy = CachePolicy(UNLIMITED if quota is None else quota)
         self.limited = quota is not None
         self._use: Counter[str] = Counter()  # chunk -> reads and transfers using it now
@@ -177,7 +189,7 @@ class ChunkCache:
         return {"quota_bytes": self.quota, "used_bytes": self.used, "chunks": len(self.policy),
                 "pinned_bytes": self.policy.pinned_bytes, "evictions": self.evictions,
                 "evicted_bytes": self.evicted_bytes, "uncached": self.uncached,
-                "uncached_bytes": self.uncached_bytes}
+                "uncached_bytes": self.uncached_bytes, "spared_last_copies": self.spared}
 
     # -- use ------------------------------------------------------------------------------------------
 
@@ -247,6 +259,8 @@ class ChunkCache:
         for h in kept + storing:
             self.policy.remove(h)  # a copy being stored is recorded as kept when its write ends
             self._dirty.pop(h, None)
+            if self._spared.pop(h, None) is not None:
+                self.policy.unpin(h, LAST_COPY)
         if kept:
             self.meta.submit(_keep_op(kept)).add_done_callback(_logged)
             await asyncio.get_running_loop().run_in_executor(executor, self._sync, kept)
@@ -270,7 +284,9 @@ class ChunkCache:
             return True
         if h in self.policy:  # recorded, but its file is gone (quarantined as corrupt, or lost): again
             self.policy.remove(h)
-        if self.limited and not self._make_room(size):
+        fits = not self.limited or (self._make_room(size) if self.last_copy is None
+                                    else await self._make_room_checked(size))
+        if not fits:
             self.uncached += 1
             self.uncached_bytes += size
             return False
@@ -322,13 +338,61 @@ class ChunkCache:
                     self.on_removed(evicted)
         return self.policy.used + incoming <= self.policy.quota
 
+    async def _make_room_checked(self, incoming: int) -> bool:
+        """``_make_room``, evicting only copies the mesh confirmed another live host holds: a cached
+        copy that is the last one the mesh knows of (its writer's and replicas' disks lost) is pinned
+        instead. The mesh is asked about a batch of victims at a time, not one chunk per fetch."""
+        now = self.clock()
+        for h, when in list(self._spared.items()):
+            if when <= now - RECHECK_SPARED:  # maybe copied elsewhere since: back in line, asked again
+                del self._spared[h]
+                self.policy.unpin(h, LAST_COPY)
+        for _ in range(3):
+            if self.policy.over_quota(incoming):
+                return False
+            if not self.policy.evictions(incoming):
+                return True  # it fits as things are
+            batch = incoming if self.policy.over_quota(incoming + self.batch) else incoming + self.batch
+            victims = self.policy.evictions(batch)
+            if not victims:
+                return True
+            now = self.clock()
+            unchecked = [h for h in victims if self._verified.get(h, -VERIFIED_FOR) <= now - VERIFIED_FOR]
+            if unchecked:
+                assert self.last_copy is not None
+                try:
+                    last = await self.last_copy(unchecked)
+                except Exception as exc:  # noqa: BLE001 -- cannot tell: keep them this time
+                    log.debug("asking the mesh before an eviction failed: %s", exc)
+                    continue
+                now = self.clock()
+                for h in unchecked:
+                    if h in last:
+                        if h in self.policy and not self.policy.is_pinned(h):
+                            self.policy.pin(h, LAST_COPY)
+                            self._spared[h] = now
+                            self.spared += 1
+                    else:
+                        self._verified[h] = now
+            if self._make_room(incoming):
+                return True
+        return False
+
+    @property
+    def batch(self) -> int:
+        return min(EVICT_BATCH, self.policy.quota // 16)
+
     def _evict(self, victims: list[str]) -> list[str]:
         evicted: list[str] = []
+        checked = self.last_copy is not None
+        now = self.clock()
         with self.lock:
             for h in victims:
                 if self.busy(h):  # an upload is writing this very chunk: it will be kept
                     self.policy.touch(h)
                     continue
+                if checked and self._verified.pop(h, -VERIFIED_FOR) <= now - VERIFIED_FOR:
+                    continue  # nobody confirmed another holder yet: _make_room_checked asks first
                 size = self.policy.size_of(h) or 0
                 self.policy.remove(h)
                 self._dirty.pop(h, None)

@@ -267,3 +267,39 @@ def test_random_operations_keep_the_invariants_and_a_restart_the_order(tmp_path)
         pending.result()
     assert host.cached_rows() == {x for x, _ in pool if x in host.cache}
     host.close()
+
+
+def test_a_copy_no_other_host_holds_is_kept_and_the_mesh_is_asked_once_per_batch(tmp_path):
+    """The mesh says which victims nobody else holds: those stay (the last copy of a committed
+    version is never evicted), the others go; one question covers a batch of victims."""
+    host = Host(tmp_path, quota=4 * K)
+    a, b, c, d, e = (blob(i) for i in range(5))
+    asked: list[list[str]] = []
+    only_here = {b[0]}
+
+    async def last_copy(chunks: list[str]) -> set[str]:
+        asked.append(list(chunks))
+        return {h for h in chunks if h in only_here}
+
+    host.cache.last_copy = last_copy
+    assert host.store(a, b, c, d) == [True] * 4
+    assert host.store(e) == [True]
+    assert asked and set(asked[0]) >= {a[0]} and len(asked) == 1
+    assert host.held(b[0]), "the last copy the mesh knows of was evicted"
+    assert not host.held(a[0]) and host.removed == [a[0]]
+    assert host.cache.stats()["spared_last_copies"] == 1
+    host.close()
+
+
+def test_when_the_mesh_cannot_answer_nothing_is_evicted(tmp_path):
+    host = Host(tmp_path, quota=2 * K)
+    a, b, c = (blob(i) for i in range(3))
+
+    async def unreachable(chunks: list[str]) -> set[str]:
+        raise ConnectionError("no master answers")
+
+    host.cache.last_copy = unreachable
+    assert host.store(a, b) == [True, True]
+    assert host.store(c) == [False]  # served through, not kept: a and b may be the last copies
+    assert host.held(a[0]) and host.held(b[0]) and not host.held(c[0])
+    host.close()
