@@ -56,7 +56,7 @@ IN_USE = "use"
 STORING = "store"
 LAST_COPY = "last_copy"
 VERIFIED_FOR = 60.0  # seconds an answer "another host holds it" stands for eviction
-RECHECK_SPARED = 300.0  # a copy kept as the last one is asked about again after this long
+RECHECK_SPARED = 60.0  # a copy kept as the last one is asked about again after this long
 EVICT_BATCH = 64 * 1024 * 1024  # bytes freed past the need at once, so the mesh is asked once per batch
 
 SCHEMA = (
