@@ -104,6 +104,7 @@ class Store:
         self._fetches: dict[str, Fetch] = {}
         self._pending: dict[str, bytes] = {}  # chunks to upload, sent in batches
         self._pending_bytes = 0
+        self._staged: dict[str, int] = {}  # every chunk staged since take_staged: the commit's durable list
 
     # -- directory objects ------------------------------------------------------------------------
     def load_dir(self, h: str) -> dict[str, Entry]:
@@ -254,6 +255,8 @@ class Store:
             for data in cut(f):
                 h = chunk_hash(data)
                 out.append((h, len(data)))
+                if upload:
+                    self._staged[h] = len(data)
                 if upload and h not in self._pending:
                     self._pending[h] = data
                     self._pending_bytes += len(data)
@@ -271,6 +274,12 @@ class Store:
                 self.client.put_chunk(pending[h])
                 sent += 1
         return sent
+
+    def take_staged(self) -> list[tuple[str, int]]:
+        """The chunks staged by ``cut_file(upload=True)`` since the last call (uploaded, or already on
+        the daemon): a commit asks the daemon to put them on ``copies`` holders before it issues."""
+        staged, self._staged = self._staged, {}
+        return list(staged.items())
 
     def ensure_uploaded(self, chunks: Chunks) -> bool:
         """True when the daemon holds every chunk of this list."""

@@ -99,14 +99,19 @@ class Volume:
         """Publish the working tree as the next version; a no-op when nothing changed."""
         for _ in range(MAX_REBASES):
             base_version, base_root = self.base
+            self.store.take_staged()  # forget what an earlier snapshot staged
             root, objects, skipped = self.state.snapshot(upload=True)
+            staged = self.store.take_staged()
             if root == base_root:
                 return {"version": base_version, "noop": True, "skipped": skipped}
             self.store.flush()
             self.store.put_objects(objects)
+            # The tree's manifest lists no chunks: its new directory objects and the chunks of its
+            # changed files are named so the daemon puts them on `copies` holders before it issues.
+            durable = staged + [(h, len(data)) for h, data in objects.items()]
             try:
                 m = self.client.commit(self.name, chunks=[], kind="tree", parent=base_version,
-                                       meta={"root": root, "message": message})
+                                       meta={"root": root, "message": message}, durable=durable)
             except Conflict:
                 self.update(None)  # raises MergeConflict when the changes overlap
                 continue
@@ -123,4 +128,5 @@ def init_volume(client: Client, volume: str, store: Store) -> dict[str, Any]:
 
     validate_key(volume)
     store.put_objects({EMPTY_DIR: EMPTY_DIR_BYTES})
-    return client.commit(volume, chunks=[], kind="tree", parent=0, meta={"root": EMPTY_DIR, "message": "init"})
+    return client.commit(volume, chunks=[], kind="tree", parent=0, meta={"root": EMPTY_DIR, "message": "init"},
+                         durable=[(EMPTY_DIR, len(EMPTY_DIR_BYTES))])

@@ -259,8 +259,14 @@ class Client:
 
     def commit(self, key: str, *, chunks: Iterable[tuple[str, int]], size: int | None = None,
                content_hash: str | None = None, kind: str = "file", meta: dict[str, Any] | None = None,
-               parent: int | None = None) -> dict[str, Any]:
+               parent: int | None = None, durable: Iterable[tuple[str, int]] = ()) -> dict[str, Any]:
+        """Issue a version from chunks stored on the node. ``durable``: more chunks (stored there) the
+        version needs but does not list, e.g. an eltonfs tree's new files and directories; the node
+        places them on ``copies`` holders with the listed ones before it issues the version."""
         payload: dict[str, Any] = {"chunks": [[h, s] for h, s in chunks], "kind": kind, "meta": meta or {}}
+        extra = [[h, s] for h, s in durable]
+        if extra:
+            payload["durable"] = extra
         if size is not None:
             payload["size"] = size
         if content_hash is not None:

@@ -115,16 +115,28 @@ class ChunkReplicator:
             await asyncio.sleep(RETRY_PAUSE)
 
     async def _ask(self, m: MemberInfo, hashes: list[str], sizes: list[int], timeout: float) -> bool:
-        """Whether ``m`` stored the chunks durably: sent at once, or with others' in the next request."""
+        """Whether ``m`` stored the chunks durably: sent at once, or with others' in the next request.
+
+        A commit with more than ``MAX_BATCH_HASHES`` chunks (an eltonfs tree of thousands of new
+        files) is cut into requests of at most that many, so no message grows with the commit."""
         peer = self._peers.setdefault(m.id, _Peer())
-        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        peer.waiting.append((hashes, sizes, timeout, answer))
-        if peer.inflight < MAX_INFLIGHT_PER_PEER:
-            peer.inflight += 1
-            task = asyncio.ensure_future(self._send_batches(m, peer))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return await answer
+        loop = asyncio.get_running_loop()
+        answers: list[asyncio.Future[bool]] = []
+        for i in range(0, len(hashes), MAX_BATCH_HASHES):
+            answer: asyncio.Future[bool] = loop.create_future()
+            peer.waiting.append((hashes[i: i + MAX_BATCH_HASHES], sizes[i: i + MAX_BATCH_HASHES], timeout, answer))
+            answers.append(answer)
+            if peer.inflight < MAX_INFLIGHT_PER_PEER:
+                peer.inflight += 1
+                task = asyncio.ensure_future(self._send_batches(m, peer))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        try:
+            results = await asyncio.gather(*answers)
+        finally:
+            for answer in answers:  # a part that failed fails the commit: the others are not waited for
+                answer.cancel()
+        return all(results)
 
     async def _send_batches(self, m: MemberInfo, peer: _Peer) -> None:
         try:
@@ -132,12 +144,16 @@ class ChunkReplicator:
                 batch, hashes, sizes, seen = [], [], [], set()
                 while peer.waiting and (not batch or len(hashes) + len(peer.waiting[0][0]) <= MAX_BATCH_HASHES):
                     item = peer.waiting.pop(0)
+                    if item[3].done():  # its commit already failed or was cancelled
+                        continue
                     batch.append(item)
                     for h, s in zip(item[0], item[1], strict=True):
                         if h not in seen:
                             seen.add(h)
                             hashes.append(h)
                             sizes.append(s)
+                if not batch:
+                    continue
                 body = {"hashes": hashes, "sizes": sizes, "from": list(self.gossip.address or ()),
                         "holder": self.gossip.id}
                 try:

@@ -47,6 +47,7 @@ READ_SIZE = 1024 * 1024
 MAX_LIST = 10_000
 MAX_MISSING_QUERY = 100_000
 MAX_JSON_BODY = 64 * 1024 * 1024
+MAX_DURABLE_CHUNKS = 500_000  # a commit's "durable" list: about 40 MB of JSON at most
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -57,6 +58,13 @@ def manifest_summary(m: Manifest) -> dict[str, Any]:
     d.pop("chunks")
     d["chunk_count"] = len(m.chunks)
     return d
+
+
+def _chunk_ref(c: Any) -> ChunkRef:
+    """A chunk of a commit body: ``[hash, size]`` or ``{"hash": h, "size": n}``."""
+    if isinstance(c, dict):
+        return ChunkRef(str(c["hash"]), int(c["size"]))
+    return ChunkRef(str(c[0]), int(c[1]))
 
 
 def _int_param(request: web.Request, name: str, default: int | None = None, minimum: int = 0) -> int | None:
@@ -388,8 +396,13 @@ class Api:
         key = request.match_info["key"]
         try:
             body = await request.json()
-            refs = [ChunkRef(str(c["hash"]), int(c["size"])) if isinstance(c, dict)
-                    else ChunkRef(str(c[0]), int(c[1])) for c in body.get("chunks", [])]
+            refs = [_chunk_ref(c) for c in body.get("chunks", [])]
+            raw_durable = body.get("durable") or []
+            if not isinstance(raw_durable, list):
+                raise ValueError("durable must be a list of [hash, size]")
+            durable = [_chunk_ref(c) for c in raw_durable]
+            if len(durable) > MAX_DURABLE_CHUNKS:
+                raise ValueError(f"at most {MAX_DURABLE_CHUNKS} durable chunks")
             parent = body.get("parent")
             meta = body.get("meta") or {}
             if parent is not None and (not isinstance(parent, int) or parent < 0):
@@ -399,7 +412,8 @@ class Api:
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
             raise InvalidRequest(f"commit body: {exc}") from exc
         manifest = await self.repo.commit(key, refs, kind=str(body.get("kind", "file")), meta=meta,
-                                          content_hash=body.get("content_hash"), expected_parent=parent)
+                                          content_hash=body.get("content_hash"), expected_parent=parent,
+                                          durable=durable)
         if "size" in body and body["size"] != manifest.size:
             raise InvalidRequest(f"size {body['size']} does not match the chunks ({manifest.size})")
         return web.json_response(manifest.to_json(), status=201,

@@ -51,6 +51,8 @@ OPENAPI: dict[str, Any] = {
                 {"name": "before", "in": "query", "schema": {"type": "integer"}}],
                 "responses": {"200": {"description": "versions"}, **_ERRORS}},
             "post": {"summary": "Issue a version from chunks already uploaded (eltonfs trees)",
+                     "description": "Acknowledged (201) only once its chunks, and those it names in "
+                                    "`durable`, are on `copies` store hosts.",
                      "parameters": [_KEY],
                      "requestBody": {"content": {"application/json": {"schema": {
                          "$ref": "#/components/schemas/CommitRequest"}}}},
@@ -111,6 +113,13 @@ OPENAPI: dict[str, Any] = {
             "size": {"type": "integer"}, "content_hash": {"type": "string"},
             "kind": {"type": "string", "enum": ["file", "tree"]}, "meta": {"type": "object"},
             "parent": {"type": "integer", "minimum": 0,
-                       "description": "expected latest version (0: the key must not exist)"}}},
+                       "description": "expected latest version (0: the key must not exist)"},
+            "durable": {"type": "array", "maxItems": 500000, "items": {
+                "type": "array", "prefixItems": [{"type": "string"}, {"type": "integer", "minimum": 0}]},
+                "description": "optional [hash, size] of more chunks the version needs but does not list "
+                               "(an eltonfs tree's new directory objects and the chunks of its changed "
+                               "files). Each must be stored on this node with that size (chunk_missing "
+                               "otherwise); like the listed chunks, they are placed on `copies` holders "
+                               "before the version is issued. The manifest does not name them."}}},
     }},
 }

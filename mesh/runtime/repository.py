@@ -12,7 +12,7 @@ import asyncio
 import sqlite3
 import threading
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,7 +220,7 @@ class Repository:
         return manifest
 
     async def _commit_refs(self, key: str, refs: list[ChunkRef], size: int, content_hash: str, kind: str,
-                           meta: dict, expected_parent: int | None) -> Manifest:
+                           meta: dict, expected_parent: int | None, durable: Sequence[ChunkRef] = ()) -> Manifest:
         draft = Draft(key=key, size=size, content_hash=content_hash, chunks=tuple(refs),
                       author=self.identity.node_id, kind=kind, meta=meta)
         pairs = sorted({(r.hash, r.size) for r in refs})
@@ -230,8 +230,8 @@ class Repository:
         # is issued only once all three are done. All three finish before an error is raised, so the
         # clean-up of a failed upload never races the recording of its chunks.
         steps = [self._in_thread(self.chunks.sync_dirs, {r.hash for r in refs}), self.meta.write(record_chunks(pairs))]
-        if self.before_issue is not None and refs:
-            steps.append(self.before_issue(_unique(refs)))
+        if self.before_issue is not None and (refs or durable):
+            steps.append(self.before_issue(_unique([*refs, *durable])))
         results = await asyncio.gather(*steps, return_exceptions=True)
         if not isinstance(results[1], BaseException):
             self._stored(pairs)
@@ -277,15 +277,24 @@ class Repository:
         return [h for h in hashes if h not in present or not self.chunks.has(h)]
 
     async def commit(self, key: str, refs: list[ChunkRef], *, kind: str = "file", meta: dict | None = None,
-                     content_hash: str | None = None, expected_parent: int | None = None) -> Manifest:
-        """Issue a version from chunks already stored here (eltonfs trees, resumable uploads)."""
+                     content_hash: str | None = None, expected_parent: int | None = None,
+                     durable: list[ChunkRef] | None = None) -> Manifest:
+        """Issue a version from chunks already stored here (eltonfs trees, resumable uploads).
+
+        ``durable``: chunks the version needs beyond its own list (an eltonfs tree's new directory
+        objects and file chunks, which only its directory objects name). Each must be stored here,
+        with that size; they are kept, and placed on ``copies`` holders with the version's own chunks
+        before it is issued. The manifest does not list them."""
         validate_key(key)
         if kind not in ("file", "tree"):
             raise InvalidRequest(f"kind is 'file' or 'tree', not {kind!r}")
         absent = self.missing([r.hash for r in refs])
         if absent:
             raise ChunkMissing(f"{len(absent)} chunk(s) not uploaded, first {absent[0]}")
-        await self.cache.keep((r.hash for r in refs), self.executor)  # cached copies a commit names are kept
+        extra = _unique(list(durable or ()))
+        if extra:
+            await self._in_thread(self._check_stored, extra)
+        await self.cache.keep((r.hash for r in [*refs, *extra]), self.executor)  # cached copies named are kept
         whole = blake3.blake3()
         for r in refs:  # proves every chunk is intact and the sizes right, and yields the content hash
             data = await self.read_chunk(r.hash)
@@ -296,7 +305,19 @@ class Repository:
         if content_hash is not None and content_hash != actual:
             raise InvalidRequest(f"content hashes to {actual}, not {content_hash}")
         return await self._commit_refs(key, refs, sum(r.size for r in refs), actual, kind, meta or {},
-                                       expected_parent)
+                                       expected_parent, extra)
+
+    def _check_stored(self, refs: list[ChunkRef]) -> None:
+        """Raise ChunkMissing unless every chunk of ``refs`` is stored here with its size (a stat each)."""
+        for r in refs:
+            check_hash(r.hash)
+        sizes = self.meta.chunk_sizes([r.hash for r in refs])
+        absent = [r.hash for r in refs if r.hash not in sizes or not self.chunks.has(r.hash)]
+        if absent:
+            raise ChunkMissing(f"{len(absent)} durable chunk(s) not stored here, first {absent[0]}")
+        wrong = next((r for r in refs if sizes[r.hash] != r.size), None)
+        if wrong is not None:
+            raise InvalidRequest(f"durable chunk {wrong.hash} has {sizes[wrong.hash]} bytes, not {wrong.size}")
 
     # -- reads ------------------------------------------------------------------------------------
     def resolve(self, key: str, version: int | None = None) -> Manifest:

@@ -182,6 +182,15 @@ class MetaStore:
             found.update(r[0] for r in self.reader.execute(q, part))
         return found
 
+    def chunk_sizes(self, hashes: list[str]) -> dict[str, int]:
+        """The recorded size of each of ``hashes`` held here (those not recorded are left out)."""
+        found: dict[str, int] = {}
+        for i in range(0, len(hashes), 500):
+            part = hashes[i : i + 500]
+            q = f"SELECT hash, size FROM chunks WHERE hash IN ({','.join('?' * len(part))})"
+            found.update((h, int(n)) for h, n in self.reader.execute(q, part))
+        return found
+
     def usage(self) -> tuple[int, int]:
         """(number of chunks, bytes) held locally."""
         n, total = self.reader.execute("SELECT count(*), coalesce(sum(size), 0) FROM chunks").fetchone()

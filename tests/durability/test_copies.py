@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from mesh.core.identity import Identity
+from mesh.core.manifest import ChunkRef, chunk_hash
 from mesh.core.membership import Config
-from mesh.errors import Unavailable
+from mesh.errors import ChunkMissing, InvalidRequest, Unavailable
+from mesh.runtime import durability
 from mesh.runtime.durability import ChunkReplicator
 from mesh.runtime.gossip import GossipService
 from mesh.runtime.repository import Repository
@@ -96,6 +98,86 @@ def test_a_single_host_keeps_one_copy(tmp_path):
             ra.before_issue = ChunkReplicator(ga, ra, copies=2, scope="cluster").ensure
             m = await ra.ingest("dur/one", body(b"y" * 1000))
             assert m.version == 1
+        finally:
+            await close_all([g for g, _ in hosts])
+            for _, r in hosts:
+                r.close()
+
+    asyncio.run(run())
+
+
+async def _put_chunks(repo: Repository, n: int, size: int = 3000) -> list[ChunkRef]:
+    """``n`` chunks uploaded as eltonfs uploads them (PUT /v1/chunks/{hash})."""
+    refs = []
+    for _ in range(n):
+        data = os.urandom(size)
+        h = chunk_hash(data)
+        await repo.put_chunk(h, data)
+        refs.append(ChunkRef(h, size))
+    return refs
+
+
+def test_a_tree_commit_copies_the_chunks_it_names_durable(tmp_path, monkeypatch):
+    """An eltonfs commit lists no chunks in its manifest: the ones it names in ``durable`` (its new
+    directory objects and file chunks) are on the second store host of the cluster before it is issued,
+    in requests of at most MAX_BATCH_HASHES chunks."""
+    monkeypatch.setattr(durability, "MAX_BATCH_HASHES", 4)
+
+    async def run() -> None:
+        hosts = await cluster_of(tmp_path, [("a", "both"), ("a", "node"), ("b", "node")])
+        (ga, ra), (gb, rb), (gx, rx) = hosts
+        try:
+            ra.before_issue = ChunkReplicator(ga, ra, copies=2, scope="cluster").ensure
+            for g, r in hosts[1:]:
+                ChunkReplicator(g, r, copies=2, scope="cluster")
+            sent: list[int] = []
+            request = ga.request
+
+            async def counting(addr, kind, body, timeout=30.0):  # type: ignore[no-untyped-def]
+                if kind == durability.KIND:
+                    sent.append(len(body["hashes"]))
+                return await request(addr, kind, body, timeout=timeout)
+            ga.request = counting  # type: ignore[method-assign]
+
+            refs = await _put_chunks(ra, 10)
+            m = await ra.commit("dur/vol", [], kind="tree", meta={"root": refs[0].hash}, durable=refs + refs[:2])
+            assert m.version == 1 and m.chunks == ()
+            hashes = [r.hash for r in refs]
+            assert all(rb.chunks.has(h) for h in hashes), "every durable chunk is on the second host"
+            assert rb.meta.has_chunks(hashes) == set(hashes)
+            assert not any(rx.chunks.has(h) for h in hashes), "copies stay in the writer's cluster"
+            assert sorted(sent) == [2, 4, 4], "10 distinct chunks in requests of at most 4"
+
+            more = await _put_chunks(ra, 2)  # the old request shape: no durable chunks, nothing copied
+            m2 = await ra.commit("dur/vol", [], kind="tree", meta={"root": more[0].hash}, expected_parent=1)
+            assert m2.version == 2 and not any(rb.chunks.has(r.hash) for r in more)
+        finally:
+            await close_all([g for g, _ in hosts])
+            for _, r in hosts:
+                r.close()
+
+    asyncio.run(run())
+
+
+def test_a_durable_chunk_not_stored_here_fails_the_commit(tmp_path):
+    async def run() -> None:
+        hosts = await cluster_of(tmp_path, [("a", "both"), ("a", "node")])
+        (ga, ra), (gb, rb) = hosts
+        try:
+            ra.before_issue = ChunkReplicator(ga, ra, copies=2, scope="cluster").ensure
+            ChunkReplicator(gb, rb, copies=2, scope="cluster")
+            refs = await _put_chunks(ra, 2)
+            absent = ChunkRef(chunk_hash(b"never uploaded"), 14)
+            with pytest.raises(ChunkMissing, match=f"not stored here, first {absent.hash}"):
+                await ra.commit("dur/miss", [], kind="tree", meta={"root": refs[0].hash}, durable=[*refs, absent])
+            with pytest.raises(InvalidRequest, match="has 3000 bytes, not 7"):
+                await ra.commit("dur/miss", [], kind="tree", meta={"root": refs[0].hash},
+                                durable=[ChunkRef(refs[0].hash, 7)])
+            with pytest.raises(InvalidRequest, match="not a chunk hash"):
+                await ra.commit("dur/miss", [], kind="tree", meta={"root": refs[0].hash},
+                                durable=[ChunkRef("xyz", 1)])
+            assert ra.meta.latest_version("dur/miss") == 0
+            assert not any(rb.chunks.has(r.hash) for r in refs), "nothing copied for a refused commit"
         finally:
             await close_all([g for g, _ in hosts])
             for _, r in hosts:

@@ -1,8 +1,10 @@
 """Issue 6, two hosts in two clusters: A writes and commits (a hard link too), B reads lazily and sees the link as one
-inode, B edits and commits, A updates."""
+inode, B edits and commits, A updates. Issue 4 point 3: A's commit is acknowledged only once its whole new tree is
+on the other store host of A's cluster, which still serves it after A's daemon is killed."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -27,12 +29,51 @@ def eltonfs(h: Harness, host: str, *args: str, check: bool = True) -> subprocess
     return r
 
 
+# Run with the venv's python inside a host: the chunks (hash, size) of a volume version's tree, as JSON
+TREE_CHUNKS = """
+import json, sys
+from fs.tree import DIR, EMPTY_DIR, EMPTY_DIR_BYTES, FILE, decode_dir
+from mesh.client import Client
+c = Client("http://127.0.0.1:7420")
+out, todo = set(), [c.manifest(sys.argv[1], int(sys.argv[2]))["meta"]["root"]]
+while todo:
+    h = todo.pop()
+    data = EMPTY_DIR_BYTES if h == EMPTY_DIR else c.get_chunk(h)
+    out.add((h, len(data)))
+    for e in decode_dir(data).values():
+        if e.kind == DIR:
+            todo.append(e.ref)
+        elif e.kind == FILE:
+            out.update(e.chunks)
+print(json.dumps(sorted(out)))
+"""
+# Which of these chunks the host lacks; with "read", each is then read from it (verified by its hash)
+HELD = """
+import json, sys
+from mesh.client import Client
+c = Client("http://127.0.0.1:7420")
+chunks = json.loads(sys.argv[1])
+missing = c.missing_chunks([h for h, _ in chunks])
+if not missing and sys.argv[2:] == ["read"]:
+    for h, n in chunks:
+        assert len(c.get_chunk(h, n)) == n
+print(json.dumps(missing))
+"""
+
+
+def py(h: Harness, host: str, script: str, *args: str):  # type: ignore[no-untyped-def]
+    r = h.exec(host, [str(h.venv / "bin" / "python"), "-c", script, *args], timeout=120)
+    assert r.returncode == 0, f"{host}: {r.stderr}"
+    return json.loads(r.stdout)
+
+
 def wan_in(h: Harness, cluster: int) -> int:
     return int(h.wan_bytes()[f"c{cluster}"]["rx_bytes"])
 
 
 def test_two_hosts_share_a_volume_through_commits(tmp_path: Path) -> None:
-    with Harness(tmp_path / "mesh", clusters=2, hosts=2, health_timeout=60) as h:
+    # three hosts a cluster: a master and two store hosts (A = c1h2 and its copy host c1h3; B = c2h2)
+    with Harness(tmp_path / "mesh", clusters=2, hosts=3, health_timeout=60) as h:
         converged(h)
         a, b = tmp_path / "a", tmp_path / "b"
         a.mkdir()
@@ -48,6 +89,9 @@ def test_two_hosts_share_a_volume_through_commits(tmp_path: Path) -> None:
             (a / "notes.txt").write_text("from A\n")
             os.link(a / "notes.txt", a / "data" / "notes-link.txt")  # a hard link: one inode on B too
             eltonfs(h, "c1h2", "commit", str(a), "-m", "first from A")
+            first = py(h, "c1h2", TREE_CHUNKS, "team/vol", "2")
+            assert len(first) >= 5 and py(h, "c1h3", HELD, json.dumps(first)) == [], \
+                "A's acknowledged commit is already on the other store host of its cluster"
 
             before = wan_in(h, 2)
             eltonfs(h, "c2h2", "mount", "team/vol", str(b), "--cache-dir", str(tmp_path / "cache-b"))
@@ -81,6 +125,11 @@ def test_two_hosts_share_a_volume_through_commits(tmp_path: Path) -> None:
             assert "edit from B" in log_a and "first from A" in log_a
             assert [line.split()[0] for line in log_a.splitlines() if line.strip()][:2] == \
                    [line.split()[0] for line in log_b.splitlines() if line.strip()][:2]
+
+            eltonfs(h, "c1h2", "umount", str(a))
+            mounted.remove(("c1h2", a))
+            h.kill_daemon("c1h2")  # A's host is lost: its cluster still serves A's commit from c1h3
+            assert py(h, "c1h3", HELD, json.dumps(first), "read") == []
         finally:
             for host, mnt in reversed(mounted):
                 if eltonfs(h, host, "umount", str(mnt), check=False).returncode != 0:

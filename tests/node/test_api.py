@@ -167,6 +167,31 @@ def test_chunk_upload_and_commit(shared_eltond):
     assert tree["kind"] == "tree" and tree["size"] == 0
 
 
+def test_commit_with_durable_chunks(shared_eltond):
+    """``durable`` names chunks a version needs beyond its list (eltonfs trees); each must be here."""
+    c = shared_eltond.client()
+    pieces = [os.urandom(2000 + i) for i in range(3)]
+    hashes = [c.put_chunk(p) for p in pieces]
+    durable = [(h, len(p)) for h, p in zip(hashes, pieces, strict=True)]
+    tree = c.commit("durable/vol", chunks=[], kind="tree", meta={"root": hashes[0]}, durable=durable, parent=0)
+    assert tree["version"] == 1 and tree["chunks"] == [] and tree["size"] == 0
+    absent = chunk_hash(b"not uploaded")
+    with pytest.raises(ChunkMissing, match=f"not stored here, first {absent}"):
+        c.commit("durable/vol", chunks=[], kind="tree", meta={"root": hashes[0]}, durable=[*durable, (absent, 12)])
+    with pytest.raises(InvalidRequest, match="not 5"):
+        c.commit("durable/vol", chunks=[], kind="tree", meta={"root": hashes[0]}, durable=[(hashes[0], 5)])
+    for bad in ({"x": 1}, [["short"]], "abc"):
+        resp, body = raw(shared_eltond, "POST", "/v1/keys/durable/vol/versions",
+                         json.dumps({"chunks": [], "kind": "tree", "durable": bad}).encode(),
+                         {"Content-Type": "application/json"})
+        assert resp.status == 400 and "commit body" in json.loads(body)["message"], bad
+    resp, body = raw(shared_eltond, "POST", "/v1/keys/durable/vol/versions",
+                     json.dumps({"chunks": durable, "durable": [{"hash": hashes[1], "size": len(pieces[1])}]}).encode(),
+                     {"Content-Type": "application/json"})
+    assert resp.status == 201 and json.loads(body)["version"] == 2
+    assert c.manifest("durable/vol")["version"] == 2
+
+
 def test_chunk_with_wrong_hash_is_refused(shared_eltond):
     resp, body = raw(shared_eltond, "PUT", "/v1/chunks/" + "0" * 64, b"not that")
     assert resp.status == 400 and "hashes to" in json.loads(body)["message"]
