@@ -618,6 +618,11 @@ class GossipService:
             self._cert_sync_at = now
             self._spawn(self._push_pull_task(self.rng.choice(peers)))
 
+    def check_sender(self, env: Envelope) -> None:
+        """Raise ProtocolError unless ``env``'s signer is admitted and its sequence number is new (for
+        handlers that read further requests on a connection they keep)."""
+        self._check_sender(env)
+
     def _check_sender(self, env: Envelope) -> None:
         status = "unadmitted" if self.admission is None else self.admission.status(env.sender)
         if status != "admitted":

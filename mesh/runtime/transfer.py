@@ -13,6 +13,12 @@ The exchange (kind ``chunks``):
 
 Payload frames are not signed: a chunk is checked against its hash by the receiver before it is
 used or stored, so a holder can withhold data but never alter it unseen.
+
+Keep-alive: a request may say ``"keep": true``; a holder that agrees answers ``"keep": true`` and,
+after the last frame, waits up to ``KEEP_IDLE`` seconds for the next signed request on the same
+connection (checked like the first: same sender, admitted, not replayed). A reader fetching a file
+chunk by chunk thus pays one TCP connection per holder, not one per chunk. Each request still has
+its own ephemeral keys when it crosses clusters.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import asyncio
 import contextlib
 import logging
 import struct
+import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,6 +52,10 @@ MAX_HASHES_PER_REQUEST = 4096
 MAX_CHUNK_FRAME = 16 * 1024 * 1024 + 64
 PREFETCH = 4
 CHUNK_TIMEOUT = 60.0  # one chunk frame may take this long (a slow WAN link)
+KEEP_IDLE = 5.0  # a holder keeps an idle kept-alive connection this long
+KEEP_IDLE_CLIENT = 3.0  # a requester reuses an idle connection only this long (under the holder's)
+MAX_KEPT_SERVED = 32  # kept-alive connections a holder serves at once (each holds a stream slot)
+MAX_KEPT_PER_HOLDER = 8  # idle connections a requester keeps per holder
 
 
 def _nonce(counter: int) -> bytes:
@@ -65,9 +77,33 @@ class ChunkServer:
         self.cache = cache  # cached copies being served are pinned, and count as used
         self.served_bytes = 0
         self.served_chunks = 0
+        self.kept = 0  # kept-alive connections open now
         gossip.register_stream_handler(KIND, self._serve)
 
     async def _serve(self, request: StreamRequest) -> None:
+        keep = isinstance(request.body, dict) and request.body.get("keep") is True and self.kept < MAX_KEPT_SERVED
+        if not keep:
+            await self._serve_one(request, keep=False)
+            return
+        self.kept += 1
+        try:
+            await self._serve_one(request, keep=True)
+            while True:  # the next request on this connection, or the end of it
+                try:
+                    frame = await asyncio.wait_for(read_frame(request.reader), KEEP_IDLE)
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    return
+                env = open_envelope(frame, MAX_STREAM_MESSAGE)
+                if env.kind != KIND or env.sender != request.sender:
+                    raise ProtocolError("bad_message", "another request on a kept chunks connection")
+                self.gossip.check_sender(env)  # still admitted, not replayed
+                request = StreamRequest(env.kind, env.sender, env.sender_public_key, env.seq, env.body,
+                                        request.peer, request.reader, request.writer)
+                await self._serve_one(request, keep=True)
+        finally:
+            self.kept -= 1
+
+    async def _serve_one(self, request: StreamRequest, keep: bool) -> None:
         body = request.body
         if not isinstance(body, dict) or not isinstance(body.get("hashes"), list):
             raise ProtocolError("bad_message", "chunks request")
@@ -77,7 +113,7 @@ class ChunkServer:
             raise ProtocolError("bad_message", "chunks request hashes")
         eph = body.get("eph")
         key = None
-        reply: dict[str, Any] = {"eph": None}
+        reply: dict[str, Any] = {"eph": None, "keep": keep}
         if eph is not None:
             if not isinstance(eph, bytes) or len(eph) != 32:
                 raise ProtocolError("bad_message", "ephemeral key")
@@ -121,21 +157,70 @@ class ChunkServer:
             return (MISSING if exc.http_status == 404 else ERROR), b""
 
 
+class _Kept:
+    """Idle kept-alive connections to holders, per requesting GossipService: (addr, holder) -> conns."""
+
+    def __init__(self) -> None:
+        self.idle: dict[tuple[tuple[str, int], str], list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]]] = {}
+
+    def take(self, addr: tuple[str, int], holder: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        conns = self.idle.get((addr, holder))
+        now = time.monotonic()
+        while conns:
+            reader, writer, since = conns.pop()
+            if now - since < KEEP_IDLE_CLIENT and not writer.is_closing() and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return None
+
+    def give(self, addr: tuple[str, int], holder: str, reader: asyncio.StreamReader,
+             writer: asyncio.StreamWriter) -> None:
+        conns = self.idle.setdefault((addr, holder), [])
+        if len(conns) >= MAX_KEPT_PER_HOLDER:
+            writer.close()
+            return
+        conns.append((reader, writer, time.monotonic()))
+
+
+async def _ask(gossip: GossipService, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+               body: dict[str, Any], timeout: float) -> bytes:
+    write_frame(writer, gossip.seal(KIND, body))
+    await writer.drain()
+    return await asyncio.wait_for(read_frame(reader), timeout)
+
+
+_kept: weakref.WeakKeyDictionary[GossipService, _Kept] = weakref.WeakKeyDictionary()
+
+
 async def fetch_chunks(gossip: GossipService, addr: tuple[str, int], holder: str, hashes: list[str], *,
                        encrypt: bool, timeout: float = STREAM_TIMEOUT) -> AsyncIterator[tuple[str, bytes | None]]:
     """Ask ``holder`` at ``addr`` for chunks; yield (hash, bytes) in order, bytes None when it lacks one.
 
-    The bytes are NOT yet verified: the caller checks each against its hash before using it.
+    The bytes are NOT yet verified: the caller checks each against its hash before using it. The
+    connection is kept for the next request to the same holder when the holder agrees; a kept one
+    the holder closed meanwhile is replaced by a new connection once, before anything was yielded.
     """
     if len(hashes) > MAX_HASHES_PER_REQUEST:
         raise ValueError(f"at most {MAX_HASHES_PER_REQUEST} hashes per request")
-    mine = nacl.public.PrivateKey.generate() if encrypt else None
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(*addr, limit=MAX_CHUNK_FRAME), timeout)
+    kept = _kept.setdefault(gossip, _Kept())
+    conn = kept.take(addr, holder)
+    reused = conn is not None
+    if conn is None:
+        conn = await asyncio.wait_for(asyncio.open_connection(*addr, limit=MAX_CHUNK_FRAME), timeout)
+    reader, writer = conn
+    done = False
     try:
-        body = {"hashes": hashes, "eph": bytes(mine.public_key) if mine else None}
-        write_frame(writer, gossip.seal(KIND, body))
-        await writer.drain()
-        env = open_envelope(await asyncio.wait_for(read_frame(reader), timeout), MAX_STREAM_MESSAGE)
+        mine = nacl.public.PrivateKey.generate() if encrypt else None
+        body = {"hashes": hashes, "eph": bytes(mine.public_key) if mine else None, "keep": True}
+        try:
+            frame = await _ask(gossip, reader, writer, body, timeout)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if not reused:
+                raise
+            writer.close()  # the holder closed the idle connection just before our request: a new one
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(*addr, limit=MAX_CHUNK_FRAME), timeout)
+            frame = await _ask(gossip, reader, writer, body, timeout)
+        env = open_envelope(frame, MAX_STREAM_MESSAGE)
         if env.kind == "error":
             raise EltonError(f"holder {holder[:12]} refused: {env.body}")
         if env.kind != f"{KIND}.reply" or env.sender != holder or not isinstance(env.body, dict):
@@ -160,7 +245,11 @@ async def fetch_chunks(gossip: GossipService, addr: tuple[str, int], holder: str
                 except nacl.exceptions.CryptoError as exc:
                     raise CorruptChunk(f"chunk {h} from {holder[:12]} failed decryption") from exc
             yield h, data
+        done = env.body.get("keep") is True
     finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
+        if done:  # every frame read: the connection is at a request boundary
+            kept.give(addr, holder, reader, writer)
+        else:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()

@@ -78,3 +78,43 @@ def test_unadmitted_host_gets_nothing(tmp_path):
 
     asyncio.run(run())
 
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_requests_to_one_holder_share_a_kept_connection_and_survive_its_idle_close(tmp_path, encrypt, monkeypatch):
+    """A reader fetching chunk after chunk from one holder opens one connection, not one per chunk;
+    when the holder has closed an idle kept connection, the next request opens a new one unharmed."""
+    import mesh.runtime.transfer as transfer
+
+    async def run() -> None:
+        a, b = await mesh(tmp_path, 2)
+        try:
+            store = ChunkStore(tmp_path / "a-chunks")
+            server = ChunkServer(a, store)
+            blobs = [os.urandom(50_000) for _ in range(6)]
+            for x in blobs:
+                store.write(chunk_hash(x), x)
+            opened = 0
+            real_open = asyncio.open_connection
+
+            async def counting_open(*args, **kw):  # type: ignore[no-untyped-def]
+                nonlocal opened
+                opened += 1
+                return await real_open(*args, **kw)
+
+            monkeypatch.setattr(transfer.asyncio, "open_connection", counting_open)
+            for x in blobs[:4]:
+                got = await collect(fetch_chunks(b, a.address, a.id, [chunk_hash(x)], encrypt=encrypt))
+                assert got == [(chunk_hash(x), x)]
+            assert opened == 1 and server.kept == 1 and server.served_chunks == 4
+            monkeypatch.setattr(transfer, "KEEP_IDLE", 0.05)
+            got = await collect(fetch_chunks(b, a.address, a.id, [chunk_hash(blobs[4])], encrypt=encrypt))
+            await asyncio.sleep(0.3)  # the holder gives up the idle connection
+            assert server.kept == 0
+            monkeypatch.setattr(transfer, "KEEP_IDLE_CLIENT", 10.0)  # the requester still thinks it usable
+            got = await collect(fetch_chunks(b, a.address, a.id, [chunk_hash(blobs[5])], encrypt=encrypt))
+            assert got == [(chunk_hash(blobs[5]), blobs[5])]
+        finally:
+            await close_all([a, b])
+
+    asyncio.run(run())
