@@ -408,9 +408,10 @@ class Repository:
         when the read that started it is gone (what it fetched is stored and serves the others)."""
         assert self.remote is not None
         left = {r.hash for r in refs}
+        order = iter(refs)
         try:
             async for data in self.remote.fetch(manifest, refs):
-                h = chunk_hash(data)
+                h = next(order).hash  # the remote yields verified chunks in the order asked: no second hash
                 left.discard(h)
                 fut = self._fetching.pop(h, None)
                 if fut is not None and not fut.done():
