@@ -16,8 +16,13 @@ in order by one worker: requests go out as ``fetch_chunks`` streams (one per chu
 across clusters, at most ``max_parallel`` at once, each with the planner's deadline), claims and
 dones go to the cluster's coalescing master through a second, ordered worker, and each verified
 chunk is written to the ChunkStore (no fsync: a torn cached copy fails its hash on read and is
-fetched again), recorded in the metadata and reported as held before anything after it, so a
-peer sent to us by the coalescer finds it. It is stored as a cached copy (``mesh.store.cache``):
+fetched again), recorded in the metadata and reported as held. Up to ``MAX_STORES`` stores run at
+once (their metadata records share a group commit) while requests go on; a chunk is handed to the
+reader once its store is done, and a claim or done goes to the master only after the stores decided
+before it, so a peer sent to us by the coalescer finds the chunk. (Stores used to be awaited one by
+one in the effect worker: every request and delivery waited for the previous chunk's write and
+fsynced record, which capped a read from a LAN holder at the disk's record latency.)
+It is stored as a cached copy (``mesh.store.cache``):
 least recently used copies are evicted to keep ``cache_quota``, and a chunk that does not fit is
 delivered without being kept (this host then tells the coalescer it did not become a holder).
 Only ``Deliver`` bytes reach the reader: a copy that fails its hash is never stored or delivered.
@@ -80,6 +85,7 @@ MAX_VERSIONS = 1000
 MAX_VERSIONS_BYTES = 8 << 20  # one versions reply stays well under the stream message limit
 NET_ERRORS = (OSError, asyncio.IncompleteReadError, TimeoutError)
 CLOSE_TIMEOUT = 10.0  # finishing the stores and dones of a read the reader left
+MAX_STORES = 8  # fetched chunks being written to the cache at once (the store's thread pool is as wide)
 
 
 class MeshRemote:
@@ -333,11 +339,14 @@ class _Read:
         self.need: set[str] = set()
         self.owed: set[str] = set()  # WAN grants not answered with a WanDone yet
         self.unstored: set[str] = set()
+        self.stores: dict[str, asyncio.Task[None]] = {}  # chunk -> its store in progress
+        self.handed: asyncio.Queue[tuple[Any, asyncio.Task[None] | None]] = asyncio.Queue()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.timer: asyncio.TimerHandle | None = None
         self.unsubscribe: list[Any] = []
         self.worker: asyncio.Task[None] | None = None
         self.link: asyncio.Task[None] | None = None
+        self.handing: asyncio.Task[None] | None = None
         self.closed = False
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -347,6 +356,7 @@ class _Read:
         return task
 
     async def start(self) -> None:
+        self.r.metrics.lookups += 1
         known = await self.r.holders.lookup(sorted(self.hashes))
         author = self.r.holders.member(self.hint) if self.hint and self.hint != self.r.id else None
         if author is not None and self.r.holders.alive(author.id):
@@ -359,6 +369,7 @@ class _Read:
         self.unsubscribe = [self.r.holders.on_dead(self._dead), self.r.holders.on_notice(self._notice)]
         self.worker = self._spawn(self._work())
         self.link = self._spawn(self._master_link())
+        self.handing = self._spawn(self._hand_over())
         self._drain()
 
     async def close(self) -> None:
@@ -376,10 +387,14 @@ class _Read:
                              if isinstance(e, BecameHolder) or (isinstance(e, ToMaster) and isinstance(e.message, WanDone)))
         self.wake.set()
         self.to_master.put_nowait(None)
-        for task in (self.worker, self.link):
-            if task is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(task, CLOSE_TIMEOUT)
+        if self.worker is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self.worker, CLOSE_TIMEOUT)
+        if self.stores:  # the chunks already verified are kept (and reported) even though the reader left
+            await asyncio.wait(list(self.stores.values()), timeout=CLOSE_TIMEOUT)
+        if self.link is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self.link, CLOSE_TIMEOUT)
         for task in [*self.inflight.values(), *self.tasks]:
             task.cancel()
         await asyncio.gather(*self.inflight.values(), *self.tasks, return_exceptions=True)
@@ -446,10 +461,21 @@ class _Read:
                 raise
             except Exception as exc:  # a bug of ours: fail the read, never hang it
                 log.exception("fetch effect %s failed", type(effect).__name__)
-                self.out.put_nowait(exc)
+                self.handed.put_nowait((exc, None))
+
+    async def _hand_over(self) -> None:
+        """The reader's chunks (and a failure), in the planner's order, each once its store is done: a
+        chunk delivered is on disk, so the next read on this host finds it there."""
+        while True:
+            item, store = await self.handed.get()
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(store)
+            self.out.put_nowait(item)
 
     async def _do(self, e: Effect) -> None:
         if isinstance(e, Request):
+            self.r.metrics.requests += 1
             self.inflight[e.request_id] = self._spawn(self._transfer(e))
         elif isinstance(e, Cancel):
             task = self.inflight.pop(e.request_id, None)
@@ -459,24 +485,30 @@ class _Read:
             msg = e.message
             if isinstance(msg, WanDone):
                 self.owed.discard(msg.chunk)
-                if msg.chunk in self.unstored:
-                    msg = WanDone(msg.chunk, False)
-            self.to_master.put_nowait(msg)
+            # sent once the chunks stored before it are servable (a peer the master sends to us finds them)
+            self.to_master.put_nowait((msg, list(self.stores.values())))
         elif isinstance(e, NeedHolders):
             if not self.need:
                 self._spawn(self._lookup())
             self.need.add(e.chunk)
         elif isinstance(e, BecameHolder):
-            await self._store(e)
+            # Stores run side by side (their metadata records share a commit): one at a time, each
+            # chunk's write and record held up every request and delivery behind it.
+            while sum(not t.done() for t in self.stores.values()) >= MAX_STORES:
+                await asyncio.wait(list(self.stores.values()), return_when=asyncio.FIRST_COMPLETED)
+            h = e.ref.hash
+            if h not in self.stores:
+                task = self.stores[h] = self._spawn(self._store(e))
+                task.add_done_callback(lambda _t, h=h: self.stores.pop(h, None))
         elif isinstance(e, Deliver):
-            self.out.put_nowait(e.data)
+            self.handed.put_nowait((e.data, self.stores.get(e.ref.hash)))
         elif isinstance(e, HolderFault):
             self.r.metrics.faults[e.reason] += 1
             log.info("holder %s failed chunk %s: %s", e.holder.node[:12], e.chunk[:12], e.reason)
             if e.reason == "missing" and e.holder.cluster == self.r.local.cluster:
                 self._spawn(self.r.holders.report_missing(e.holder.node, e.chunk))
         elif isinstance(e, FetchFailed):
-            self.out.put_nowait(ChunkMissing(f"chunk {e.ref.hash} (#{e.index}): {e.reason}"))
+            self.handed.put_nowait((ChunkMissing(f"chunk {e.ref.hash} (#{e.index}): {e.reason}"), None))
 
     async def _store(self, e: BecameHolder) -> None:
         repo = self.r.repo
@@ -485,6 +517,9 @@ class _Read:
             kept = await repo.cache.store_fetched(h, e.data, repo.executor)
         except (EltonError, OSError) as exc:  # the reader still gets the bytes; we just do not hold them
             log.warning("keeping a fetched chunk failed: %s", exc)
+            kept = False
+        except Exception:  # a bug of ours: the bytes are verified, the reader still gets them
+            log.exception("keeping a fetched chunk failed")
             kept = False
         if not kept:  # no room in the cache (or no disk): served through, not held here
             self.unstored.add(h)
@@ -517,6 +552,7 @@ class _Read:
     async def _lookup(self) -> None:
         await asyncio.sleep(0.01)  # gather the NeedHolders of this burst into one lookup
         chunks, self.need = sorted(self.need), set()
+        self.r.metrics.lookups += 1
         found = await self.r.holders.lookup(chunks)
         if self.planner is None or self.closed:
             return
@@ -533,13 +569,18 @@ class _Read:
     async def _master_link(self) -> None:
         """Claims and dones to the coalescing master, one at a time and in order."""
         while True:
-            msg = await self.to_master.get()
-            if msg is None:
+            item = await self.to_master.get()
+            if item is None:
                 if self.closed:
                     return
                 continue
+            msg, after = item
             if self.closed and not isinstance(msg, WanDone):
                 continue
+            if after:
+                await asyncio.wait(after)
+            if isinstance(msg, WanDone) and msg.chunk in self.unstored:
+                msg = WanDone(msg.chunk, False)
             try:
                 replies = await self.r.holders.to_master(msg)
             except (*NET_ERRORS, EltonError) as exc:  # the planner bypasses a silent master after claim_timeout

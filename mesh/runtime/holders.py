@@ -74,6 +74,7 @@ class HolderService:
         self._report_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._closed = False
         gossip.register_stream_handler("wan.notice", self._on_notice)
         if self.is_master:
             gossip.register_stream_handler("holders.report", self._on_report)
@@ -88,6 +89,9 @@ class HolderService:
         self._loop_task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
+        # Python 3.11's wait_for can lose a cancel that lands as its inner call completes (a report
+        # answered just then): the loop also stops at its next tick, so close never waits forever.
+        self._closed = True
         tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
         for t in tasks:
             t.cancel()
@@ -106,7 +110,7 @@ class HolderService:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 self.refresh()
                 await self._send_reports()

@@ -30,6 +30,8 @@ class FetchMetrics:
     cache_misses: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     reads: Counter[str] = field(default_factory=Counter)  # ok, failed
+    lookups: int = 0  # holder lookups at the masters (one per read, then one per NeedHolders round)
+    requests: int = 0  # chunk requests sent to holders (one per chunk unless a holder failed)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT))
     cache: Any = None  # the host's ChunkCache (mesh.store.cache): its stats() are reported too
 
@@ -53,6 +55,8 @@ class FetchMetrics:
                       **(self.cache.stats() if self.cache is not None else {})},
             "holder_faults": dict(self.faults),
             "reads": dict(self.reads),
+            "holder_lookups": self.lookups,
+            "chunk_requests": self.requests,
             "recent_chunks": list(self.recent),
         }
         if wan_grants is not None:
@@ -85,6 +89,9 @@ def render_prometheus(m: FetchMetrics, wan_grants: int | None = None) -> str:
     family("elton_holder_faults_total", "Holders that failed to serve a chunk, by reason.",
            [({"reason": k}, v) for k, v in sorted(m.faults.items())])
     family("elton_fetch_reads_total", "Remote reads by outcome.", [({"outcome": k}, v) for k, v in sorted(m.reads.items())])
+    family("elton_fetch_holder_lookups_total", "Holder lookups at the masters (one per read, more when holders fail).",
+           [({}, m.lookups)])
+    family("elton_fetch_requests_total", "Chunk requests sent to holders.", [({}, m.requests)])
     if m.cache is not None:
         st = m.cache.stats()
         family("elton_cache_bytes", "Bytes of fetched copies in the persistent cache.", [({}, st["used_bytes"])], "gauge")

@@ -109,3 +109,68 @@ def test_cheaper_cluster_chosen_corrupt_copy_skipped_dead_holder_replaced(tmp_pa
             await close_mesh(nodes)
 
     run_bounded(run())
+
+
+def test_manifest_less_stream_one_lookup_one_request_per_chunk_and_stores_do_not_hold_up_requests(tmp_path):
+    """eltonfs's read of a tree file: chunks uploaded one by one (``PUT /v1/chunks``, in no version
+    manifest) and streamed on another host of the cluster with no manifest and no author hint. The
+    holders come from one lookup at the master; every chunk is asked once, of the host that holds it,
+    with no fault. And while the reader's stores of fetched chunks are held up, requests go on (they
+    used to wait, one store at a time, behind every chunk's write and fsynced record)."""
+    from mesh.core.manifest import ChunkRef, chunk_hash
+    from mesh.runtime.fetch import MAX_STORES
+
+    async def run() -> None:
+        nodes = await make_mesh(tmp_path, [("a0", "a", "both"), ("a1", "a", "node")])
+        try:
+            a0, a1 = nodes["a0"], nodes["a1"]
+            pieces = [os.urandom(64 << 10) for _ in range(3 * MAX_STORES)]
+            refs = [ChunkRef(chunk_hash(p), len(p)) for p in pieces]
+            for p, ref in zip(pieces, refs, strict=True):
+                await a0.repo.put_chunk(ref.hash, p)
+            a0.holders.on_chunks_stored((r.hash, r.size) for r in refs)  # the daemon's repo.on_stored hook
+            hashes = [r.hash for r in refs]
+
+            async def known() -> bool:
+                found = await a1.holders.lookup(hashes)
+                return all([h.node for h in found[c]] == [a0.id] for c in hashes)
+
+            for _ in range(200):
+                if await known():
+                    break
+                await asyncio.sleep(0.05)
+            assert await known(), "a0 not reported as the holder"
+
+            release = asyncio.Event()
+            real_store = a1.repo.cache.store_fetched
+
+            async def held_up(h, data, executor=None):
+                await release.wait()
+                return await real_store(h, data, executor)
+
+            a1.repo.cache.store_fetched = held_up  # type: ignore[method-assign]
+            m = a1.remote.metrics
+            served = a0.server.served_chunks
+
+            async def read() -> bytes:
+                return b"".join([piece async for piece in a1.repo.stream_chunks(refs)])
+
+            reading = asyncio.ensure_future(read())
+            # one store at a time, the first held-up store stopped the read at max_parallel requests
+            await wait_for(lambda: a0.server.served_chunks - served > MAX_STORES, 20,
+                           "requests going on while stores are held up")
+            assert not reading.done()
+            release.set()
+            assert await reading == b"".join(pieces)
+
+            assert m.lookups == 1, f"{m.lookups} holder lookups for one read whose holder the master knew"
+            assert m.requests == len(refs), f"{m.requests} requests for {len(refs)} chunks"
+            assert not m.faults, dict(m.faults)
+            assert a0.server.served_chunks - served == len(refs)
+            assert {r["holder"] for r in m.recent} == {a0.id}
+            assert m.reads["ok"] == 1
+            assert not a1.repo.missing(hashes), "every fetched chunk is kept on the reader"
+        finally:
+            await close_mesh(nodes)
+
+    run_bounded(run())
