@@ -2,7 +2,7 @@
 
 A file of --size-mib is written on c1h2. Then, each a fresh version so nothing is cached:
   local    GET on the writing host (the single-host figure the others are compared with)
-  cluster  cold GET on c1h3 (chunks fetched from c1h2 inside the cluster)
+  cluster  cold GET on c1h3 or c1h1, whichever holds no copy (chunks fetched inside the cluster)
   wan      cold GET on c2h2 (chunks cross the WAN link, shaped to --wan-rate by tbf)
   warm     a second GET on c2h2 (from its cache)
 Medians of --rounds; reads go to /dev/null through curl inside the reading host.
@@ -20,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from tests.harness.cold import chunk_hashes, cold_reader  # noqa: E402
 from tests.harness.netns import Harness, rate_to_bits  # noqa: E402
 from tests.harness.test_mesh import converged  # noqa: E402
 
@@ -67,8 +68,9 @@ def thesis_bytes(h: Harness, writer: Path) -> dict[str, int]:
 
 
 def eltonfs_cold_read(h: Harness, writer: Path, size_mib: int) -> dict[str, float]:
-    """A file committed through eltonfs on c1h2, read cold through a fresh mount on c1h3, next to a
-    cold GET on c1h3 of a fresh version of the same size (that host's fetch throughput)."""
+    """A file committed through eltonfs on c1h2, read cold through a fresh mount on a host of the
+    cluster that holds none of its chunks, next to a cold GET on that host of a fresh version of the
+    same size (that host's fetch throughput)."""
     import shutil
     import subprocess
     import time
@@ -90,7 +92,8 @@ def eltonfs_cold_read(h: Harness, writer: Path, size_mib: int) -> dict[str, floa
         efs("c1h2", "commit", str(a), "-m", "bench")
     finally:
         efs("c1h2", "umount", str(a))
-    efs("c1h3", "mount", "bench/vol", str(b), "--cache-dir", str(base / "cb"))
+    reader = cold_reader(h, chunk_hashes(writer / "wan.bin"), ("c1h3", "c1h1"))  # not the commit's copy
+    efs(reader, "mount", "bench/vol", str(b), "--cache-dir", str(base / "cb"))
     try:
         t = time.perf_counter()
         with open(b / "file.bin", "rb") as f:
@@ -98,10 +101,11 @@ def eltonfs_cold_read(h: Harness, writer: Path, size_mib: int) -> dict[str, floa
                 pass
         through = (size_mib << 20) / (time.perf_counter() - t)
     finally:
-        efs("c1h3", "umount", str(b))
+        efs(reader, "umount", str(b))
     (writer / "same.bin").write_bytes(os.urandom(size_mib << 20))
     out = h.exec("c1h2", [str(h.venv / "bin" / "elton"), "put", "bench/same", str(writer / "same.bin")], timeout=600)
-    fetch = get(h, "c1h3", "bench/same", int(out.stdout.strip().rsplit("@", 1)[1]))
+    version = int(out.stdout.strip().rsplit("@", 1)[1])
+    fetch = get(h, cold_reader(h, chunk_hashes(writer / "same.bin"), (reader, "c1h3", "c1h1")), "bench/same", version)
     return {"eltonfs": through, "fetch": fetch}
 
 
@@ -126,7 +130,8 @@ def main() -> int:
             v = put("bench/big", "big.bin")
             w = put("bench/wan", "wan.bin")
             res["local"].append(get(h, "c1h2", "bench/big", v))
-            res["cluster"].append(get(h, "c1h3", "bench/big", v))
+            cold = cold_reader(h, chunk_hashes(writer / "big.bin"), ("c1h3", "c1h1"))  # not the copy's host
+            res["cluster"].append(get(h, cold, "bench/big", v))
             res["wan"].append(get(h, "c2h2", "bench/wan", w))
             res["warm"].append(get(h, "c2h2", "bench/wan", w))
             print({k: f"{x[-1] / 1e6:.0f} MB/s" for k, x in res.items()}, file=sys.stderr)
