@@ -57,7 +57,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "commit.json")
     args = ap.parse_args()
     rows = []
-    with Harness(Path(tempfile.mkdtemp(prefix="elton-commit-")), clusters=3, hosts=2, masters_per_cluster=2,
+    with tempfile.TemporaryDirectory(prefix="elton-commit-") as work, Harness(Path(work), clusters=3, hosts=2, masters_per_cluster=2,
                  health_timeout=60) as h:
         converged(h)
         ids = {json.loads(Path(x.data_dir, "eltond.json").read_text())["node_id"]: x for x in h.hosts}

@@ -81,7 +81,7 @@ def eltonfs_cold_read(h: Harness, writer: Path, size_mib: int) -> dict[str, floa
         if r.returncode != 0:
             raise SystemExit(f"eltonfs {' '.join(a)} on {host}: {r.stderr}")
 
-    base = Path(tempfile.mkdtemp(prefix="elton-fetch-efs-"))
+    base = Path(tempfile.mkdtemp(prefix="elton-fetch-efs-", dir=h.dir))  # removed with the harness
     a, b = base / "a", base / "b"
     a.mkdir()
     b.mkdir()
@@ -118,7 +118,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "fetch.json")
     args = ap.parse_args()
     res: dict[str, list[float]] = {"local": [], "cluster": [], "wan": [], "warm": []}
-    with Harness(Path(tempfile.mkdtemp(prefix="elton-fetch-")), clusters=2, hosts=3,
+    with tempfile.TemporaryDirectory(prefix="elton-fetch-") as work, Harness(Path(work), clusters=2, hosts=3,
                  wan_rate=args.wan_rate, health_timeout=60) as h:
         converged(h)
         writer = Path(h.host("c1h2").data_dir)

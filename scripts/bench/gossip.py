@@ -44,7 +44,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "gossip.json")
     args = ap.parse_args()
     leave, join, dead = [], [], []
-    with Harness(Path(tempfile.mkdtemp(prefix="elton-gossip-")), clusters=3, hosts=3, health_timeout=60) as h:
+    with tempfile.TemporaryDirectory(prefix="elton-gossip-") as work, Harness(Path(work), clusters=3, hosts=3, health_timeout=60) as h:
         converged(h)
         idle = traffic(h, args.window)
         victims = ["c2h2", "c3h1", "c1h3"]
