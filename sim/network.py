@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from sim.engine import Engine, Timer
 
 DATAGRAM_BYTES = 1500
+OVERHEAD_CATEGORIES = frozenset({"gossip", "push_pull"})  # membership traffic: one series of its own
+OVERHEAD_SERIES = "gossip (all hosts)"
 GB = 1e9  # prices are per 10^9 bytes
 
 
@@ -120,7 +122,11 @@ class FifoPipe:
 
 
 class Ledger:
-    """Bytes and dollars by link class, cluster pair, category and host, over time."""
+    """Bytes and dollars by link class, cluster pair, category and host, over time.
+
+    Membership traffic (``OVERHEAD_CATEGORIES``) counts in every total but has one series of its own
+    (``OVERHEAD_SERIES``, all hosts together), so the per-host series show the data and control traffic.
+    """
 
     def __init__(self, prices: dict[str, float], bucket_s: float, series_hosts: bool) -> None:
         self.prices = prices
@@ -157,7 +163,9 @@ class Ledger:
             self.wan_by_category[category] = self.wan_by_category.get(category, 0) + nbytes
         self.host_tx[src.name] = self.host_tx.get(src.name, 0) + nbytes
         self.host_rx[dst.name] = self.host_rx.get(dst.name, 0) + nbytes
-        if self.series_hosts:
+        if category in OVERHEAD_CATEGORIES:
+            self._spread(OVERHEAD_SERIES, nbytes, start, end)
+        elif self.series_hosts:
             self._spread(src.name, nbytes, start, end)
             self._spread(dst.name, nbytes, start, end)
         else:
