@@ -134,6 +134,7 @@ class Ledger:
         self.series_hosts = series_hosts
         self.by_class: dict[str, int] = {}
         self.by_pair: dict[str, int] = {}
+        self.overhead_by_pair: dict[str, int] = {}  # the membership traffic in by_pair
         self.by_category: dict[str, int] = {}
         self.wan_by_category: dict[str, int] = {}
         self.host_tx: dict[str, int] = {}
@@ -158,6 +159,8 @@ class Ledger:
         self.by_class[c] = self.by_class.get(c, 0) + nbytes
         pair = f"{src.cluster}->{dst.cluster}"
         self.by_pair[pair] = self.by_pair.get(pair, 0) + nbytes
+        if category in OVERHEAD_CATEGORIES:
+            self.overhead_by_pair[pair] = self.overhead_by_pair.get(pair, 0) + nbytes
         self.by_category[category] = self.by_category.get(category, 0) + nbytes
         if c != "lan":
             self.wan_by_category[category] = self.wan_by_category.get(category, 0) + nbytes

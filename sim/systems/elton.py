@@ -9,13 +9,27 @@ What runs for real (the same code as ``eltond``), named in the report under ``sy
   ``mesh.core.holders.HolderReporter`` on every host that holds chunks, wired as
   ``mesh.runtime.fetch`` and ``mesh.runtime.holders`` wire them (``sim/systems/elton_fetch.py``);
 - ``mesh.core.costs.CostModel``: the expected cost (price, RTT, bandwidth EWMA) by which the
-  planner ranks holders, one per reading cluster.
+  planner ranks holders, one per reading cluster;
+- ``mesh.core.membership.Membership`` on every host, masters and nodes (``sim/systems/elton_members.py``),
+  when the scenario has at most ``REAL_MEMBERSHIP_MAX_HOSTS`` hosts (``[elton] membership = "auto"``,
+  the default; ``"real"`` or ``"model"`` force it): probes, gossip and push-pulls travel the simulated
+  network (categories ``gossip`` and ``push_pull``, counted in the bytes and WAN bytes and reported
+  apart as the gossip overhead). Who is alive comes from each host's core events, as eltond's services
+  read them: each master's ``Issuer.set_live`` (the masters alive or suspect in its view), the
+  cluster's coalescing master (lowest live master id in the view of the cluster's lowest running
+  master, the one view that stands for the cluster's), ``HolderIndex.forget`` and
+  ``WanCoalescer.forget`` on the coalescing master when its core says dead or left, ``touch`` of the
+  nodes its core sees live, ``FetchPlanner.holder_dead`` (and the bandwidth estimate's ``forget``) on
+  the readers whose core says so, the home a master sends a read to, and the holders a reader is told.
+  A crashed host's core stops; a restarted one starts the next incarnation and push-pulls with up to
+  three masters. A real detector is slower than a crash and can be wrong: the invariant checker's
+  oracle stays the simulator's ground truth.
 
-What is modelled: the failure detector (the simulator's host up/down state, seen at once by the
-index, the coalescer, the planners and the issuers; the real ``mesh.core.membership`` cores run in
-the ``gossip`` scenario only: wiring them here, for the small scenarios, is still to do), Vivaldi
-(RTTs are the scenario's latencies), and the home's answer to "latest version of this key" (a
-directory of acknowledged manifests).
+What is modelled: the failure detector above ``REAL_MEMBERSHIP_MAX_HOSTS`` hosts (``scale``, ``image-rollout``)
+or with ``membership = "model"`` (the simulator's host up/down state, seen at once by the index, the
+coalescer, the planners and the issuers); which master a client talks to (its cluster's first running
+master); Vivaldi (RTTs are the scenario's latencies); and the home's answer to "latest version of this
+key" (a directory of acknowledged manifests).
 
 The data path: a writer keeps its chunks (it becomes their holder and reports them to its
 cluster's master) and sends only the draft to its cluster's master, which submits it to its

@@ -23,10 +23,16 @@ bandwidth queuing, loss, partitions and crashes apply to it):
 A read asks the planner only for the chunks its host's disk lacks; a chunk another read of the same
 host is already fetching is waited for, not fetched again (``Repository._read_slices``).
 
-Differences from ``eltond``, all on the runtime side: the failure detector is modelled (a host's
-crash is seen at once by the index, the coalescer, the planners and the cost models, a restart
-too, and every ``TOUCH_S`` it renews the index leases of live hosts, as ``HolderService.refresh``
-does with membership; so a scenario may stretch heartbeats, ``[elton] holder_heartbeat_s``);
+The failure detector: with real membership (``view`` set), ``member_dead(observer, node)`` and
+``member_changed`` come from each host's ``Membership`` core events and ``alive(observer, node)``
+from its view; ``process_changed`` is only what a crash or restart does on the host itself. In the
+model (``view`` None), ``host_changed`` sees a crash at once in the index, the coalescer, the
+planners and the cost models, a restart too. Either way, every ``TOUCH_S`` the coalescing master
+renews the index leases of the hosts live in its view, as ``HolderService.refresh`` does (so a
+scenario may stretch heartbeats, ``[elton] holder_heartbeat_s``).
+
+Differences from ``eltond``, all on the runtime side: the coalescing master is chosen with one view
+for the whole cluster, that of its lowest running master (eltond: each host's own view);
 only the coalescing master keeps an index (``eltond`` reports to every master of the cluster; the
 others are never asked here); a read first asks its own cluster's master and asks the other
 clusters' masters only about the chunks its own cluster lacks (``eltond`` asks all at once); a

@@ -106,4 +106,5 @@ def test_elton_takes_a_chunk_from_the_holder_the_cost_model_prices_lowest():
     r = run_system(sc, 1, "elton")
     assert len(r.read_latencies) == 3
     assert r.ledger.by_pair.get("z-cheap->far", 0) >= 8 * MIB
-    assert r.ledger.by_pair.get("dear->far", 0) < 64 * 1024
+    # besides the membership cores' gossip, which every pair of clusters carries
+    assert r.ledger.by_pair.get("dear->far", 0) - r.ledger.overhead_by_pair.get("dear->far", 0) < 64 * 1024
