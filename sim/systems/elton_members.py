@@ -29,7 +29,15 @@ import blake3
 from mesh.core.admission import AdmissionState, Certificate, issue_certificate
 from mesh.core.codec import pack
 from mesh.core.identity import Identity
-from mesh.core.membership import Config, Datagram, MemberEvent, Membership, MemberState, PushPull, StartPushPull
+from mesh.core.membership import (
+    Config,
+    Datagram,
+    MemberEvent,
+    Membership,
+    MemberState,
+    PushPull,
+    StartPushPull,
+)
 from mesh.core.membership.messages import Addr, MemberRecord
 from sim.gossip import PORT, PROFILES, MemberPort
 from sim.host import ENVELOPE_BYTES, SimHost

@@ -50,8 +50,8 @@ def test_a_crash_is_seen_only_after_the_detector_suspects_it_and_a_restart_comes
 
 
 def test_a_restarted_host_is_seen_alive_again_by_its_higher_incarnation():
-    from sim.run import build_world
     from sim.invariants import InvariantChecker
+    from sim.run import build_world
     from sim.systems.base import Context
     from sim.systems.elton import EltonSystem
 
