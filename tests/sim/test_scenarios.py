@@ -62,6 +62,10 @@ def test_same_scenario_and_seed_give_byte_identical_reports(tmp_path):
     assert ja == jb
     assert (tmp_path / "a" / "report.md").read_bytes() == (tmp_path / "b" / "report.md").read_bytes()
     assert a["report"]["scenario"]["host_events"] > 0  # the run did have faults
+    # churn's 69 hosts run real membership cores: restarted hosts start new ones, gossip is reported apart
+    m = a["report"]["systems"]["elton"]["membership"]
+    assert m["mode"] == "real" and m["members"] == 69 and m["cores_started"] > 69
+    assert a["report"]["systems"]["elton"]["gossip_wan_bytes"] == m["wan_bytes"] > 0
     c = run_to_dir("churn", 6, tmp_path / "c", ("duration_s=600",), ["elton"], plots=False)
     assert c["report"] != json.loads(ja)
 
