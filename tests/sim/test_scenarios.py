@@ -56,8 +56,9 @@ def test_thesis_elton_crosses_the_wan_once_at_the_first_read_and_nfs_at_every_re
 
 
 def test_same_scenario_and_seed_give_byte_identical_reports(tmp_path):
-    a = run_to_dir("churn", 5, tmp_path / "a", ("duration_s=600",), ["elton", "nfs", "georep"], plots=False)
-    run_to_dir("churn", 5, tmp_path / "b", ("duration_s=600",), ["elton", "nfs", "georep"], plots=False)
+    # 400 s: reads from 150 s, churn from 200 s; 69 real membership cores make each Elton run ~18 s of wall time (600 s took twice that)
+    a = run_to_dir("churn", 5, tmp_path / "a", ("duration_s=400",), ["elton", "nfs", "georep"], plots=False)
+    run_to_dir("churn", 5, tmp_path / "b", ("duration_s=400",), ["elton", "nfs", "georep"], plots=False)
     ja, jb = (tmp_path / "a" / "report.json").read_bytes(), (tmp_path / "b" / "report.json").read_bytes()
     assert ja == jb
     assert (tmp_path / "a" / "report.md").read_bytes() == (tmp_path / "b" / "report.md").read_bytes()
@@ -66,7 +67,7 @@ def test_same_scenario_and_seed_give_byte_identical_reports(tmp_path):
     m = a["report"]["systems"]["elton"]["membership"]
     assert m["mode"] == "real" and m["members"] == 69 and m["cores_started"] > 69
     assert a["report"]["systems"]["elton"]["gossip_wan_bytes"] == m["wan_bytes"] > 0
-    c = run_to_dir("churn", 6, tmp_path / "c", ("duration_s=600",), ["elton"], plots=False)
+    c = run_to_dir("churn", 6, tmp_path / "c", ("duration_s=400",), ["elton"], plots=False)
     assert c["report"] != json.loads(ja)
 
 
