@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from sim.engine import Engine, Timer
 
 DATAGRAM_BYTES = 1500
+OVERHEAD_CATEGORIES = frozenset({"gossip", "push_pull"})  # membership traffic: one series of its own
+OVERHEAD_SERIES = "gossip (all hosts)"
 GB = 1e9  # prices are per 10^9 bytes
 
 
@@ -120,7 +122,11 @@ class FifoPipe:
 
 
 class Ledger:
-    """Bytes and dollars by link class, cluster pair, category and host, over time."""
+    """Bytes and dollars by link class, cluster pair, category and host, over time.
+
+    Membership traffic (``OVERHEAD_CATEGORIES``) counts in every total but has one series of its own
+    (``OVERHEAD_SERIES``, all hosts together), so the per-host series show the data and control traffic.
+    """
 
     def __init__(self, prices: dict[str, float], bucket_s: float, series_hosts: bool) -> None:
         self.prices = prices
@@ -128,6 +134,7 @@ class Ledger:
         self.series_hosts = series_hosts
         self.by_class: dict[str, int] = {}
         self.by_pair: dict[str, int] = {}
+        self.overhead_by_pair: dict[str, int] = {}  # the membership traffic in by_pair
         self.by_category: dict[str, int] = {}
         self.wan_by_category: dict[str, int] = {}
         self.host_tx: dict[str, int] = {}
@@ -152,12 +159,16 @@ class Ledger:
         self.by_class[c] = self.by_class.get(c, 0) + nbytes
         pair = f"{src.cluster}->{dst.cluster}"
         self.by_pair[pair] = self.by_pair.get(pair, 0) + nbytes
+        if category in OVERHEAD_CATEGORIES:
+            self.overhead_by_pair[pair] = self.overhead_by_pair.get(pair, 0) + nbytes
         self.by_category[category] = self.by_category.get(category, 0) + nbytes
         if c != "lan":
             self.wan_by_category[category] = self.wan_by_category.get(category, 0) + nbytes
         self.host_tx[src.name] = self.host_tx.get(src.name, 0) + nbytes
         self.host_rx[dst.name] = self.host_rx.get(dst.name, 0) + nbytes
-        if self.series_hosts:
+        if category in OVERHEAD_CATEGORIES:
+            self._spread(OVERHEAD_SERIES, nbytes, start, end)
+        elif self.series_hosts:
             self._spread(src.name, nbytes, start, end)
             self._spread(dst.name, nbytes, start, end)
         else:

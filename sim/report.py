@@ -27,7 +27,7 @@ def _r(x: float) -> float:
 def system_summary(r: SystemResult) -> dict[str, Any]:
     led = r.ledger
     cost_by_class = {c: _r(n / GB * led.prices.get(c, 0.0)) for c, n in sorted(led.by_class.items())}
-    gossip = led.by_category.get("gossip", 0)
+    gossip = led.by_category.get("gossip", 0) + led.by_category.get("push_pull", 0)  # datagrams and push-pulls
     out: dict[str, Any] = {
         "wan_bytes": led.wan_bytes(),
         "lan_bytes": led.by_class.get("lan", 0),
@@ -49,7 +49,8 @@ def system_summary(r: SystemResult) -> dict[str, Any]:
         "bytes_by_category": dict(sorted(led.by_category.items())),
         "wan_bytes_by_category": dict(sorted(led.wan_by_category.items())),
         "gossip_bytes": gossip,
-        "gossip_bytes_per_master_per_s": 0.0,
+        "gossip_bytes_per_member_per_s": r.extra.get("membership", {}).get("bytes_per_member_per_s", 0.0),
+        "gossip_wan_bytes": led.wan_by_category.get("gossip", 0) + led.wan_by_category.get("push_pull", 0),
         "messages": led.messages,
         "dropped": dict(sorted(led.dropped.items())),
         "counters": r.counters,
@@ -124,7 +125,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         ("reads ok / failed", lambda s: f"{s['reads_ok']} / {s['reads_failed']}"),
         ("commits ok / failed", lambda s: f"{s['commits_ok']} / {s['commits_failed']}"),
         ("gossip bytes", lambda s: _fmt_bytes(s["gossip_bytes"])),
-        ("gossip B/master/s", lambda s: f"{s['gossip_bytes_per_master_per_s']:.1f}"),
+        ("gossip WAN bytes", lambda s: _fmt_bytes(s["gossip_wan_bytes"])),
+        ("gossip B/member/s", lambda s: f"{s['gossip_bytes_per_member_per_s']:.1f}"),
         ("invariant violations", lambda s: str(len(s["invariant_violations"]))),
     ]
     lines.append("| | " + " | ".join(names) + " |")

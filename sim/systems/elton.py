@@ -9,13 +9,27 @@ What runs for real (the same code as ``eltond``), named in the report under ``sy
   ``mesh.core.holders.HolderReporter`` on every host that holds chunks, wired as
   ``mesh.runtime.fetch`` and ``mesh.runtime.holders`` wire them (``sim/systems/elton_fetch.py``);
 - ``mesh.core.costs.CostModel``: the expected cost (price, RTT, bandwidth EWMA) by which the
-  planner ranks holders, one per reading cluster.
+  planner ranks holders, one per reading cluster;
+- ``mesh.core.membership.Membership`` on every host, masters and nodes (``sim/systems/elton_members.py``),
+  when the scenario has at most ``REAL_MEMBERSHIP_MAX_HOSTS`` hosts (``[elton] membership = "auto"``,
+  the default; ``"real"`` or ``"model"`` force it): probes, gossip and push-pulls travel the simulated
+  network (categories ``gossip`` and ``push_pull``, counted in the bytes and WAN bytes and reported
+  apart as the gossip overhead). Who is alive comes from each host's core events, as eltond's services
+  read them: each master's ``Issuer.set_live`` (the masters alive or suspect in its view), the
+  cluster's coalescing master (lowest live master id in the view of the cluster's lowest running
+  master, the one view that stands for the cluster's), ``HolderIndex.forget`` and
+  ``WanCoalescer.forget`` on the coalescing master when its core says dead or left, ``touch`` of the
+  nodes its core sees live, ``FetchPlanner.holder_dead`` (and the bandwidth estimate's ``forget``) on
+  the readers whose core says so, the home a master sends a read to, and the holders a reader is told.
+  A crashed host's core stops; a restarted one starts the next incarnation and push-pulls with up to
+  three masters. A real detector is slower than a crash and can be wrong: the invariant checker's
+  oracle stays the simulator's ground truth.
 
-What is modelled: the failure detector (the simulator's host up/down state, seen at once by the
-index, the coalescer, the planners and the issuers; the real ``mesh.core.membership`` cores run in
-the ``gossip`` scenario only: wiring them here, for the small scenarios, is still to do), Vivaldi
-(RTTs are the scenario's latencies), and the home's answer to "latest version of this key" (a
-directory of acknowledged manifests).
+What is modelled: the failure detector above ``REAL_MEMBERSHIP_MAX_HOSTS`` hosts (``scale``, ``image-rollout``)
+or with ``membership = "model"`` (the simulator's host up/down state, seen at once by the index, the
+coalescer, the planners and the issuers); which master a client talks to (its cluster's first running
+master); Vivaldi (RTTs are the scenario's latencies); and the home's answer to "latest version of this
+key" (a directory of acknowledged manifests).
 
 The data path: a writer keeps its chunks (it becomes their holder and reports them to its
 cluster's master) and sends only the draft to its cluster's master, which submits it to its
@@ -39,10 +53,13 @@ from mesh.core.costs import CostModel, LinkClass, PriceTable
 from mesh.core.fetch import FetchConfig
 from mesh.core.identity import Identity
 from mesh.core.manifest import Draft, Manifest
+from mesh.core.membership import MemberEvent
 from sim.content import content_hash
 from sim.host import SimHost
+from sim.scenario import ScenarioError
 from sim.systems.base import CHUNK_REF_BYTES, CONTROL_BYTES, Context, Done, System
 from sim.systems.elton_fetch import HEARTBEAT, FetchLayer
+from sim.systems.elton_members import MembershipLayer
 from sim.workload import Op
 
 try:  # the issuance core is being written in parallel; say so in the report if it is absent
@@ -52,6 +69,21 @@ try:  # the issuance core is being written in parallel; say so in the report if 
     HAVE_ISSUER = True
 except ImportError:  # pragma: no cover - depends on the state of the tree
     HAVE_ISSUER = False
+
+
+REAL_MEMBERSHIP_MAX_HOSTS = 200  # "auto": real membership cores up to this many hosts, the model above
+MEMBERSHIP_MODES = ("auto", "real", "model")
+
+
+def membership_mode(ctx: Context) -> str:
+    """``[elton] membership``: "real" (a Membership core on every host), "model" (the simulator's
+    up/down state, seen at once) or "auto" (real up to REAL_MEMBERSHIP_MAX_HOSTS hosts)."""
+    mode = str(ctx.scenario.elton.get("membership", "auto"))
+    if mode not in MEMBERSHIP_MODES:
+        raise ScenarioError(f"elton.membership must be one of {', '.join(MEMBERSHIP_MODES)}, not {mode!r}")
+    if mode == "auto":
+        return "real" if len(ctx.hosts) <= REAL_MEMBERSHIP_MAX_HOSTS else "model"
+    return mode
 
 
 def price_table(ctx: Context) -> PriceTable:
@@ -75,11 +107,13 @@ class EltonSystem(System):
         self.masters: dict[str, str] = {}  # node id -> host name
         self.node_of: dict[str, str] = {}  # host name -> node id
         self.identities: dict[str, Identity] = {}
+        self.mode = membership_mode(ctx)
         for h in ctx.hosts:
-            if h.master:
+            if h.master or self.mode == "real":  # every host gossips; only masters need one in the model
                 seed = blake3.blake3(f"{ctx.engine.seed}:identity:{h.name}".encode()).digest()
-                ident = Identity(seed)
-                self.identities[h.name] = ident
+                self.identities[h.name] = Identity(seed)
+            if h.master:
+                ident = self.identities[h.name]
                 self.masters[ident.node_id] = h.name
                 self.node_of[h.name] = ident.node_id
         self.roster = [Master(nid, ctx.net.hosts[hn].cluster) for nid, hn in sorted(self.masters.items())]
@@ -96,6 +130,12 @@ class EltonSystem(System):
             order[ctx.net.hosts[hn].cluster].append(hn)
         self.heartbeat = float(cfg.get("holder_heartbeat_s", HEARTBEAT))
         self.fetch = FetchLayer(ctx, order, self._model, FetchConfig(), self.heartbeat)
+        self.members: MembershipLayer | None = None
+        self._live_sent: dict[str, tuple[str, ...]] = {}  # master -> the live set its Issuer was last given
+        if self.mode == "real":
+            self.members = MembershipLayer(ctx, self.identities, str(cfg.get("gossip_profile", "lan")),
+                                           self._member_event)
+            self.fetch.view = self.members.alive
 
     # ---- masters and their cores ---------------------------------------------------------
 
@@ -104,13 +144,38 @@ class EltonSystem(System):
         rng = self.ctx.engine.rng(f"issuer:{host}")
         iss = Issuer(self.identities[host], config, rng, records=list(self.records[host]))
         iss.set_roster(1, self.roster, self.ctx.engine.now)
-        iss.set_live(self._live_masters(), self.ctx.engine.now)
+        live = self._live_masters(host)
+        self._live_sent[host] = tuple(live)
+        iss.set_live(live, self.ctx.engine.now)
         return iss
 
-    def _live_masters(self) -> list[str]:
-        return [nid for nid, hn in self.masters.items() if self.ctx.net.hosts[hn].up]
+    def _alive(self, observer: str, host: str) -> bool:
+        """Is ``host`` live in ``observer``'s view (its membership core; the model: ground truth)?"""
+        if self.members is None:
+            return self.ctx.net.hosts[host].up
+        return self.members.alive(observer, host)
+
+    def _live_masters(self, observer: str) -> list[str]:
+        return [nid for nid, hn in self.masters.items() if self._alive(observer, hn)]
+
+    def _member_event(self, observer: str, event: MemberEvent) -> None:
+        """An event of ``observer``'s membership core, handled as eltond's services handle it."""
+        assert self.members is not None
+        node = self.members.host_of[event.member.id]
+        if event.kind in ("dead", "left", "removed"):
+            self.fetch.member_dead(observer, node)
+        else:
+            self.fetch.member_changed(observer, node)
+        if node in self.node_of and observer in self.node_of and HAVE_ISSUER:  # a master, seen by a master
+            sh = self.sim_hosts.get(self.node_of[observer])
+            live = self._live_masters(observer)
+            if sh is not None and sh.up and tuple(live) != self._live_sent.get(observer):
+                self._live_sent[observer] = tuple(live)
+                sh.call(sh.core.set_live, live)
 
     def start(self) -> None:
+        if self.members is not None:
+            self.members.start()
         if not HAVE_ISSUER:
             return
         for host, nid in self.node_of.items():
@@ -130,7 +195,11 @@ class EltonSystem(System):
                 cb(effect)
 
     def host_changed(self, host: Any) -> None:
-        self.fetch.host_changed(host.name, host.up)
+        if self.members is not None:  # real membership: the others learn of it from their cores
+            self.members.host_changed(host.name, host.up)
+            self.fetch.process_changed(host.name, host.up)
+        else:
+            self.fetch.host_changed(host.name, host.up)
         if not host.master or not HAVE_ISSUER:
             return
         nid = self.node_of[host.name]
@@ -138,10 +207,13 @@ class EltonSystem(System):
             self.sim_hosts[nid].replace_core(self._issuer(host.name))
         else:
             self.sim_hosts[nid].crash()
-        live = self._live_masters()
-        for other in live:
+        if self.members is not None:
+            return
+        for other, hn in self.masters.items():
             sh = self.sim_hosts[other]
-            if other != nid:
+            if other != nid and sh.up:
+                live = self._live_masters(hn)
+                self._live_sent[hn] = tuple(live)
                 sh.call(sh.core.set_live, live)
 
     # ---- commits ---------------------------------------------------------------------------
@@ -182,10 +254,11 @@ class EltonSystem(System):
 
     # ---- reads -----------------------------------------------------------------------------
 
-    def _home_host(self, key: str) -> str | None:
+    def _home_host(self, key: str, master: str) -> str | None:
+        """The first replica of ``key`` live in ``master``'s view."""
         for nid in self.placement.replicas(key, self.replicas, self.replica_scope):
             hn = self.masters[nid]
-            if self.ctx.net.hosts[hn].up:
+            if self._alive(master, hn):
                 return hn
         return None
 
@@ -193,7 +266,7 @@ class EltonSystem(System):
         ctx = self.ctx
         cluster = op.host.split("/")[0]
         master = ctx.master_of(cluster)
-        home = self._home_host(op.key)
+        home = None if master is None else self._home_host(op.key, master)
         if master is None or home is None:
             done(False, 0)
             return
@@ -233,9 +306,15 @@ class EltonSystem(System):
         cores = {
             "placement": "real: dht.Placement",
             "issuance": "real: mesh.core.issuance.Issuer via SimHost" if HAVE_ISSUER else "absent: commits fail",
-            "membership": "modelled in every scenario: the simulator's host up/down state stands in for the failure"
-                          " detector (a crash is seen at once by the index, the coalescer, the planners and the"
-                          " issuers); the gossip scenario (sim.gossip) runs the real mesh.core.membership cores",
+            "membership": (f"real: a mesh.core.membership.Membership core on each of the {len(self.ctx.hosts)} hosts"
+                           f" (profile {self.members.profile}), datagrams and push-pulls over the simulated network;"
+                           " its events feed the issuers' live sets, the coalescing master's election, the holder"
+                           " index and coalescer (forget, touch) and the planners (holder_dead)"
+                           if self.members is not None else
+                           f"modelled ([elton] membership = {self.ctx.scenario.elton.get('membership', 'auto')!r},"
+                           f" {len(self.ctx.hosts)} hosts): the simulator's host up/down state stands in for the"
+                           " failure detector (a crash is seen at once by the index, the coalescer, the planners and"
+                           " the issuers)"),
             "holder index": "real: mesh.core.holders.HolderIndex on each cluster's coalescing master, fed by a"
                             " HolderReporter on every host that holds chunks (reports are simulated messages);"
                             " VersionHolders is not wired (eltond does not use it either)",
@@ -247,4 +326,5 @@ class EltonSystem(System):
             "vivaldi": "not wired: RTTs given to the cost model are the scenario's link latencies",
         }
         sent = sum(sh.sent for sh in self.sim_hosts.values())
-        return {"cores": cores, "issuance_messages": sent, "fetch": self.fetch.report()}
+        members = {"mode": "model"} if self.members is None else self.members.report()
+        return {"cores": cores, "issuance_messages": sent, "fetch": self.fetch.report(), "membership": members}

@@ -23,10 +23,16 @@ bandwidth queuing, loss, partitions and crashes apply to it):
 A read asks the planner only for the chunks its host's disk lacks; a chunk another read of the same
 host is already fetching is waited for, not fetched again (``Repository._read_slices``).
 
-Differences from ``eltond``, all on the runtime side: the failure detector is modelled (a host's
-crash is seen at once by the index, the coalescer, the planners and the cost models, a restart
-too, and every ``TOUCH_S`` it renews the index leases of live hosts, as ``HolderService.refresh``
-does with membership; so a scenario may stretch heartbeats, ``[elton] holder_heartbeat_s``);
+The failure detector: with real membership (``view`` set), ``member_dead(observer, node)`` and
+``member_changed`` come from each host's ``Membership`` core events and ``alive(observer, node)``
+from its view; ``process_changed`` is only what a crash or restart does on the host itself. In the
+model (``view`` None), ``host_changed`` sees a crash at once in the index, the coalescer, the
+planners and the cost models, a restart too. Either way, every ``TOUCH_S`` the coalescing master
+renews the index leases of the hosts live in its view, as ``HolderService.refresh`` does (so a
+scenario may stretch heartbeats, ``[elton] holder_heartbeat_s``).
+
+Differences from ``eltond``, all on the runtime side: the coalescing master is chosen with one view
+for the whole cluster, that of its lowest running master (eltond: each host's own view);
 only the coalescing master keeps an index (``eltond`` reports to every master of the cluster; the
 others are never asked here); a read first asks its own cluster's master and asks the other
 clusters' masters only about the chunks its own cluster lacks (``eltond`` asks all at once); a
@@ -118,6 +124,7 @@ class MasterState:
     elected: float = 0.0
     timer: Timer | None = None
     armed: float | None = None
+    lost: bool = False  # its host crashed: a restart starts a new index and coalescer
 
 
 class FetchLayer:
@@ -131,6 +138,8 @@ class FetchLayer:
         self.model = model  # cluster -> the CostModel its readers share
         self.config = config or FetchConfig()
         self.heartbeat = heartbeat
+        # the failure detector: is ``node`` live in ``observer``'s view? (None: the model, the simulator's up/down)
+        self.view: Callable[[str, str], bool] | None = None
         self.nodes: dict[str, NodeState] = {}
         self._host_objs: dict[str, Host] = {}
         self.by_cluster: dict[str, dict[str, NodeState]] = {}
@@ -154,7 +163,7 @@ class FetchLayer:
         for cluster, m in self.coalescing.items():
             if m is not None and self._current(m):
                 for st in self.by_cluster.get(cluster, {}).values():
-                    if st.reporter is not None and self.up(st.name):
+                    if st.reporter is not None and self.alive(m.host, st.name):
                         m.index.touch(st.name, now)
                 self._arm_master(m)
         self.engine.after(TOUCH_S, self._touch)
@@ -163,7 +172,12 @@ class FetchLayer:
         self.stats[name] = self.stats.get(name, 0) + n
 
     def up(self, host: str) -> bool:
+        """Is the host's process running (ground truth: what it does itself, not what others see)?"""
         return self.net.hosts[host].up
+
+    def alive(self, observer: str, node: str) -> bool:
+        """Is ``node`` live in ``observer``'s view (its membership core, or the model: ground truth)?"""
+        return self.up(node) if self.view is None else self.view(observer, node)
 
     def host_obj(self, host: str) -> Host:
         """The cost model's (frozen) Host of a simulated host, made once."""
@@ -182,11 +196,20 @@ class FetchLayer:
 
     # ---- masters -----------------------------------------------------------------------------
 
+    def reference(self, cluster: str) -> str | None:
+        """The running master whose view stands for the cluster's (the lowest node id of those running)."""
+        return next((h for h in self.master_order.get(cluster, []) if self.up(h)), None)
+
     def _elect(self, cluster: str) -> None:
-        """The coalescing master is the live master with the lowest node id; a new one starts empty."""
-        want = next((h for h in self.master_order.get(cluster, []) if self.up(h)), None)
+        """The coalescing master is the live master with the lowest node id; a new one starts empty.
+
+        With real membership, "live" is in the view of the cluster's reference master (in eltond every
+        host computes it from its own view; one view stands for the cluster's here)."""
+        ref = self.reference(cluster)
+        want = None if ref is None else next((h for h in self.master_order.get(cluster, []) if self.alive(ref, h)),
+                                             None)
         cur = self.coalescing.get(cluster)
-        if cur is not None and cur.host == want:
+        if cur is not None and cur.host == want and not cur.lost:
             return
         if cur is not None:
             self.grants_total += cur.coalescer.granted
@@ -359,7 +382,7 @@ class FetchLayer:
         def add(c: str, entries: dict[str, tuple[str, ...]]) -> None:
             for chunk, nodes in entries.items():
                 if chunk in found:
-                    found[chunk].extend(self.host_obj(n) for n in nodes if n != host and self.up(n))
+                    found[chunk].extend(self.host_obj(n) for n in nodes if n != host and self.alive(host, n))
 
         def ask_all(clusters: list[str], which: list[str], then: Callable[[], None]) -> None:
             if not clusters or not which:
@@ -459,12 +482,32 @@ class FetchLayer:
             if not flights:
                 del self.wan_flights[(chunk, r.cluster)]
 
-    # ---- the failure detector (modelled: it sees a crash or a restart at once) -----------------------
+    # ---- crashes, restarts and the failure detector ----------------------------------------------
 
     def host_changed(self, host: str, up: bool) -> None:
+        """The modelled failure detector: a crash or a restart is seen by everyone at once."""
+        if not up:
+            self.process_changed(host, False)
+            for c in self.master_order:
+                self.model(c).bandwidth.forget(host)
+            m = self.coalescing.get(self.net.hosts[host].cluster)
+            if m is not None and self._current(m):
+                m.index.forget(host)
+                m.coalescer.forget(host, self.engine.now)
+                self._flush(m)
+            now = self.engine.now
+            for r in list(self.reads.values()):
+                if r.planner is not None:
+                    r.planner.holder_dead(host, now)
+                    r.pump()
+        else:
+            self.process_changed(host, True)
+
+    def process_changed(self, host: str, up: bool) -> None:
+        """What a crash or a restart does on the host itself: its soft state is lost, its reads fail;
+        a restarted host reports its chunks (on disk) again with a new epoch."""
         h = self.net.hosts[host]
         st = self.nodes.get(host)
-        now = self.engine.now
         if not up:
             if st is not None:
                 if st.timer is not None:
@@ -475,24 +518,41 @@ class FetchLayer:
                     r.finish(False)
             for key in [k for k, v in self.grants.items() if v == host]:
                 del self.grants[key]
-            for c in self.master_order:
-                self.model(c).bandwidth.forget(host)
+            cur = self.coalescing.get(h.cluster)
+            if cur is not None and cur.host == host:
+                cur.lost = True
             if h.master:
-                self._elect(h.cluster)
-            m = self.coalescing.get(h.cluster)
-            if m is not None and self._current(m):
-                m.index.forget(host)
-                m.coalescer.forget(host, now)
-                self._flush(m)
-            for r in list(self.reads.values()):
-                if r.planner is not None:
-                    r.planner.holder_dead(host, now)
-                    r.pump()
+                self._elect(h.cluster)  # the model elects another; real membership, maybe a new reference
         else:
             if h.master:
                 self._elect(h.cluster)
             if st is not None and st.store:
                 self._new_reporter(st)
+
+    def member_dead(self, observer: str, node: str) -> None:
+        """``observer``'s membership core says ``node`` is dead or left (``HolderService.forget`` and
+        ``_Read._dead``): its master forgets it in the index and the coalescer, its reads' planners drop it."""
+        o = self.net.hosts[observer]
+        now = self.engine.now
+        m = self.coalescing.get(o.cluster)
+        if m is not None and m.host == observer and self._current(m):
+            m.index.forget(node)
+            m.coalescer.forget(node, now)
+            self._flush(m)
+        st = self.nodes.get(observer)
+        if st is not None and st.reads:
+            self.model(o.cluster).bandwidth.forget(node)
+            for r in list(st.reads.values()):
+                if r.planner is not None and not r.finished:
+                    r.planner.holder_dead(node, now)
+                    r.pump()
+        self.member_changed(observer, node)
+
+    def member_changed(self, observer: str, node: str) -> None:
+        """A master of ``observer``'s cluster changed state in its view: re-elect if it is the reference."""
+        o, n = self.net.hosts[observer], self.net.hosts[node]
+        if n.master and n.cluster == o.cluster and self.reference(o.cluster) == observer:
+            self._elect(o.cluster)
 
     def report(self) -> dict[str, Any]:
         grants = self.grants_total + sum(m.coalescer.granted for m in self.coalescing.values() if m is not None)
@@ -542,7 +602,7 @@ class Read:
             return
         layer = self.layer
         author = self.manifest.author
-        if author and author != self.host and author in layer.net.hosts and layer.up(author):
+        if author and author != self.host and author in layer.net.hosts and layer.alive(self.host, author):
             hint = layer.host_obj(author)
             for hosts in known.values():
                 if all(x.node != author for x in hosts):
