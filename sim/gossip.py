@@ -49,6 +49,43 @@ SERF_MODEL = {"nodes": 1000, "gossip_interval_s": 0.2, "fanout": 3, "quantile": 
 PROFILES: dict[str, Callable[[], Config]] = {"lan": Config.lan, "wan": Config.wan, "local": Config.local}
 
 
+
+def state_size(state: PushPull) -> int:
+    """Bytes of a push-pull state on the wire, in its signed envelope."""
+    return len(pack(state.to_wire())) + ENVELOPE_BYTES
+
+
+def state_for(state: PushPull, receiver: SimHost) -> PushPull:
+    """Certificates the receiver holds identically are left out (CPU only: the wire size is the full state)."""
+    held = receiver.core.core.admission.certificates
+    fresh = tuple(c for c in state.certificates if held.get(c.node_id) != c)
+    return PushPull(state.members, fresh, state.revocations)
+
+
+def push_pull(net: Network, me: SimHost, peer: SimHost, on_exchange: Callable[[int], None] | None = None) -> None:
+    """The runtime's TCP exchange: send our state, the peer merges it and answers with its own;
+    ``on_exchange`` gets the bytes of both directions once the answer arrives."""
+    mine = me.core.core.local_state()
+    out_size = state_size(mine)
+
+    def at_peer() -> None:
+        if not peer.up:
+            return
+        peer.call(peer.core.core.merge_state, me.node_id, state_for(mine, peer))
+        theirs = peer.core.core.local_state()
+        back_size = state_size(theirs)
+
+        def back() -> None:
+            if on_exchange is not None:
+                on_exchange(out_size + back_size)
+            if me.up:
+                me.call(me.core.core.merge_state, peer.node_id, state_for(theirs, me))
+
+        net.send(peer.host, me.host, back_size, back, "push_pull")
+
+    net.send(me.host, peer.host, out_size, at_peer, "push_pull")
+
+
 @dataclass(frozen=True)
 class GossipSpec:
     profile: str = "lan"
@@ -229,41 +266,13 @@ class GossipStudy:
         elif isinstance(effect, StartPushPull):
             self._push_pull(host, effect.node)
 
-    def _state_for(self, state: PushPull, receiver: SimHost) -> PushPull:
-        held = receiver.core.core.admission.certificates
-        fresh = tuple(c for c in state.certificates if held.get(c.node_id) != c)
-        return PushPull(state.members, fresh, state.revocations)
-
     def _push_pull(self, host: str, node: str) -> None:
-        """The runtime's TCP exchange: send our state, the peer merges it and answers with its own."""
         me = self.sim_hosts[self.node_of[host]]
         peer = self.sim_hosts.get(node)
         if peer is None:
             return
         self.push_pulls += 1
-        mine = me.core.core.local_state()
-        net = self.net
-
-        def at_peer() -> None:
-            if not peer.up:
-                return
-            peer.call(peer.core.core.merge_state, me.node_id, self._state_for(mine, peer))
-            theirs = peer.core.core.local_state()
-
-            back_size = self._state_size(theirs)
-
-            def back() -> None:
-                self.exchanges.append(out_size + back_size)
-                if me.up:
-                    me.call(me.core.core.merge_state, peer.node_id, self._state_for(theirs, me))
-
-            net.send(peer.host, me.host, back_size, back, "push_pull")
-
-        out_size = self._state_size(mine)
-        net.send(host, peer.host, out_size, at_peer, "push_pull")
-
-    def _state_size(self, state: PushPull) -> int:
-        return len(pack(state.to_wire())) + ENVELOPE_BYTES
+        push_pull(self.net, me, peer, self.exchanges.append)
 
     # ---- the changes -------------------------------------------------------------------------
 
@@ -283,7 +292,7 @@ class GossipStudy:
         seed = self.initial[0]
         # the join reply carries the seed's whole state (certificates included), as eltond's join does
         joined = self.sim_hosts[self.node_of[seed]].core.core.local_state()
-        self.net.send(seed, self.joiner, self._state_size(joined),
+        self.net.send(seed, self.joiner, state_size(joined),
                       lambda: sh.call(sh.core.core.merge_state, self.node_of[seed], joined), "push_pull")
         self.engine.after(0.0, lambda: self._push_pull(self.joiner, self.node_of[seed]))  # type: ignore[arg-type]
 

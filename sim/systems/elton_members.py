@@ -39,8 +39,8 @@ from mesh.core.membership import (
     StartPushPull,
 )
 from mesh.core.membership.messages import Addr, MemberRecord
-from sim.gossip import PORT, PROFILES, MemberPort
-from sim.host import ENVELOPE_BYTES, SimHost
+from sim.gossip import PORT, PROFILES, MemberPort, push_pull
+from sim.host import SimHost
 from sim.scenario import ScenarioError
 from sim.systems.base import Context
 
@@ -161,37 +161,12 @@ class MembershipLayer:
             self._push_pull(host, effect.node)
 
     def _push_pull(self, host: str, node: str) -> None:
-        """The runtime's TCP exchange: send our state, the peer merges it and answers with its own."""
         me = self.sim_hosts[self.node_of[host]]
         peer = self.sim_hosts.get(node)
         if peer is None or not me.up:
             return
         self.push_pulls += 1
-        mine = me.core.core.local_state()
-        net = self.net
-
-        def at_peer() -> None:
-            if not peer.up:
-                return
-            peer.call(peer.core.core.merge_state, me.node_id, self._state_for(mine, peer))
-            theirs = peer.core.core.local_state()
-
-            def back() -> None:
-                if me.up:
-                    me.call(me.core.core.merge_state, peer.node_id, self._state_for(theirs, me))
-
-            net.send(peer.host, me.host, self._state_size(theirs), back, "push_pull")
-
-        net.send(host, peer.host, self._state_size(mine), at_peer, "push_pull")
-
-    def _state_for(self, state: PushPull, receiver: SimHost) -> PushPull:
-        """Certificates the receiver holds identically are left out (CPU only: the wire size is the full state)."""
-        held = receiver.core.core.admission.certificates
-        fresh = tuple(c for c in state.certificates if held.get(c.node_id) != c)
-        return PushPull(state.members, fresh, state.revocations)
-
-    def _state_size(self, state: PushPull) -> int:
-        return len(pack(state.to_wire())) + ENVELOPE_BYTES
+        push_pull(self.net, me, peer)
 
     def report(self) -> dict[str, Any]:
         led = self.net.ledger
