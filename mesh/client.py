@@ -7,6 +7,7 @@ One keep-alive connection per thread. Every download is verified: each chunk by 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -290,19 +291,10 @@ class Client:
 
     def stream_chunks(self, chunks: list[tuple[str, int]]) -> Iterator[bytes]:
         """The chunks' bytes in order, each verified against its hash (one request, one mesh fetch)."""
-        body = json.dumps({"chunks": [[h, n] for h, n in chunks]}).encode()
-        resp = self.open("POST", "/v1/chunks/stream", body, {"Content-Type": "application/json"}, retry=True)
-        try:
-            for h, n in chunks:
-                data = resp.read(n)
-                if len(data) != n or chunk_hash(data) != h:
-                    self._drop_connection()
-                    raise CorruptChunk(f"chunk {h} arrived short or with other content")
-                yield data
-        finally:
-            if resp.length:  # left before the end: the rest of the body would poison the connection
-                self._drop_connection()
-            resp.close()
+        buffer = bytearray(max((n for _, n in chunks), default=0))
+        with contextlib.closing(self.stream_chunks_into(chunks, [buffer])) as views:  # a reader leaving early ends it
+            for view in views:
+                yield bytes(view)
 
     def stream_chunks_into(self, chunks: list[tuple[str, int]], buffers: list[bytearray]) -> Iterator[memoryview]:
         """``stream_chunks`` without a new bytes object per chunk: chunk i is read into
