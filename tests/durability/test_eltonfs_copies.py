@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fs.tree import DIR, EMPTY_DIR, EMPTY_DIR_BYTES, FILE, decode_dir
+from fs.tree import EMPTY_DIR, EMPTY_DIR_BYTES, FILE, Dir, decode_dir, walk
 from mesh.client import Client
 from tests.eltond_process import EltondProcess
 from tests.fs.conftest import Host
@@ -17,16 +17,15 @@ from tests.fs.conftest import Host
 def tree_chunks(c: Client, root: str) -> set[tuple[str, int]]:
     """Every chunk of the tree under ``root``: its directory objects and its files' chunks."""
     out: set[tuple[str, int]] = set()
-    todo = [root]
-    while todo:
-        h = todo.pop()
+
+    def load(h: str) -> Dir:
         data = EMPTY_DIR_BYTES if h == EMPTY_DIR else c.get_chunk(h)
         out.add((h, len(data)))
-        for e in decode_dir(data).values():
-            if e.kind == DIR:
-                todo.append(e.ref)
-            elif e.kind == FILE:
-                out.update(e.chunks)
+        return decode_dir(data)
+
+    for _, e in walk(root, load):
+        if e.kind == FILE:
+            out.update(e.chunks)
     return out
 
 

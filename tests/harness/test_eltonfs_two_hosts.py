@@ -32,19 +32,17 @@ def eltonfs(h: Harness, host: str, *args: str, check: bool = True) -> subprocess
 # Run with the venv's python inside a host: the chunks (hash, size) of a volume version's tree, as JSON
 TREE_CHUNKS = """
 import json, sys
-from fs.tree import DIR, EMPTY_DIR, EMPTY_DIR_BYTES, FILE, decode_dir
+from fs.tree import EMPTY_DIR, EMPTY_DIR_BYTES, FILE, decode_dir, walk
 from mesh.client import Client
 c = Client("http://127.0.0.1:7420")
-out, todo = set(), [c.manifest(sys.argv[1], int(sys.argv[2]))["meta"]["root"]]
-while todo:
-    h = todo.pop()
+out = set()
+def load(h):
     data = EMPTY_DIR_BYTES if h == EMPTY_DIR else c.get_chunk(h)
     out.add((h, len(data)))
-    for e in decode_dir(data).values():
-        if e.kind == DIR:
-            todo.append(e.ref)
-        elif e.kind == FILE:
-            out.update(e.chunks)
+    return decode_dir(data)
+for _, e in walk(c.manifest(sys.argv[1], int(sys.argv[2]))["meta"]["root"], load):
+    if e.kind == FILE:
+        out.update(e.chunks)
 print(json.dumps(sorted(out)))
 """
 # Which of these chunks the host lacks; with "read", each is then read from it (verified by its hash)
