@@ -343,6 +343,8 @@ class ChunkCache:
         copy that is the last one the mesh knows of (its writer's and replicas' disks lost) is pinned
         instead. The mesh is asked about a batch of victims at a time, not one chunk per fetch."""
         now = self.clock()
+        # answers older than VERIFIED_FOR count for nothing: drop them (chunks kept or removed since too)
+        self._verified = {h: t for h, t in self._verified.items() if t > now - VERIFIED_FOR}
         for h, when in list(self._spared.items()):
             if when <= now - RECHECK_SPARED:  # maybe copied elsewhere since: back in line, asked again
                 del self._spared[h]
