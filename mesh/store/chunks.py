@@ -1,8 +1,9 @@
 """Chunk files on disk, named by their BLAKE3 hash, written atomically and verified on every read.
 
-Layout: ``<root>/<first two hex digits>/<hash>``; temporary files live in ``<root>/tmp`` and are
-removed at start-up, so a crash leaves at most unreferenced whole chunks, never a partial one
-under a chunk's name. Callers fsync the touched directories once per commit (``sync_dirs``) before
+Layout: ``<root>/<first two hex digits>/<hash>``; a chunk is written to an unnamed file and linked
+under its name when complete (``write``), so a crash leaves at most unreferenced whole chunks,
+never a partial one under a chunk's name (where O_TMPFILE is missing, temporary files live in
+``<root>/tmp`` and are removed at start-up). Callers fsync the touched directories once per commit (``sync_dirs``) before
 they make a version that names the chunks visible.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -25,9 +27,25 @@ def check_hash(h: str) -> str:
     return h
 
 
+_fd_dir_of: tuple[int, int] | None = None  # (pid, descriptor of /proc/<pid>/fd)
+_fd_dir_lock = threading.Lock()
+
+
+def _fd_dir() -> int:
+    """This process's /proc/<pid>/fd, opened once (again after a fork): unnamed files are linked
+    through it by descriptor."""
+    global _fd_dir_of
+    pid = os.getpid()
+    with _fd_dir_lock:
+        if _fd_dir_of is None or _fd_dir_of[0] != pid:
+            _fd_dir_of = (pid, os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        return _fd_dir_of[1]
+
+
 class ChunkStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._tmpfile = True  # O_TMPFILE and /proc work here (cleared at the first refusal)
         self.tmp = root / "tmp"
         self.quarantine = root / "quarantine"
         for d in (self.tmp, self.quarantine):
@@ -41,29 +59,65 @@ class ChunkStore:
         return self.root / h[:2] / h
 
     def has(self, h: str) -> bool:
-        return self.path(h).exists()
+        # a string path, not a Path: asked on the event loop for every chunk fetched or uploaded
+        return os.path.exists(f"{self.root}/{h[:2]}/{h}")
 
     def write(self, h: str, data: bytes | memoryview, *, fsync: bool = True) -> bool:
-        """Store ``data`` under ``h`` (the caller hashed it); return False if it was already there."""
+        """Store ``data`` under ``h`` (the caller hashed it); return False if it was already there.
+
+        The bytes go to an unnamed file in the chunk's own directory (O_TMPFILE), which is then linked
+        under its name: a crash leaves nothing behind, and concurrent writes lock only their own
+        directory (a shared tmp directory and a rename across directories made writers spin on each
+        other's directory locks). Where O_TMPFILE is missing, a named file in ``tmp`` is renamed."""
         final = self.path(h)
         if final.exists():
             return False
+        try:
+            if self._tmpfile:
+                try:
+                    return self._write_linked(final, data, fsync)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT, errno.EXDEV):
+                        raise
+                    self._tmpfile = False
+            return self._write_renamed(h, final, data, fsync)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(f"writing a chunk of {len(data)} bytes under {self.root}") from exc
+            raise
+
+    @staticmethod
+    def _write_all(fd: int, data: bytes | memoryview, fsync: bool) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+
+    def _write_linked(self, final: Path, data: bytes | memoryview, fsync: bool) -> bool:
+        fd = os.open(final.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
+        try:
+            self._write_all(fd, data, fsync)
+            try:
+                # linkat(AT_SYMLINK_FOLLOW) through /proc: a plain link() would link the magic link itself
+                os.link(str(fd), final, src_dir_fd=_fd_dir(), follow_symlinks=True)
+            except FileExistsError:  # another writer linked the same chunk first
+                return False
+        finally:
+            os.close(fd)
+        return True
+
+    def _write_renamed(self, h: str, final: Path, data: bytes | memoryview, fsync: bool) -> bool:
         tmp = self.tmp / f"{h}.{uuid.uuid4().hex}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if fsync:
-                    os.fsync(fd)
+                self._write_all(fd, data, fsync)
             finally:
                 os.close(fd)
             os.rename(tmp, final)
-        except OSError as exc:
+        except OSError:
             tmp.unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFull(f"writing a chunk of {len(data)} bytes under {self.root}") from exc
             raise
         return True
 
