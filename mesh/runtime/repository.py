@@ -273,7 +273,7 @@ class Repository:
     def missing(self, hashes: list[str]) -> list[str]:
         for h in hashes:
             check_hash(h)
-        present = self.meta.has_chunks(hashes)
+        present = self.meta.has_chunks(hashes) | (self.cache.recording & set(hashes))
         return [h for h in hashes if h not in present or not self.chunks.has(h)]
 
     async def commit(self, key: str, refs: list[ChunkRef], *, kind: str = "file", meta: dict | None = None,

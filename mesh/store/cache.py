@@ -131,6 +131,8 @@ class ChunkCache:
         self.limited = quota is not None
         self._use: Counter[str] = Counter()  # chunk -> reads and transfers using it now
         self._storing: set[str] = set()  # fetched chunks being written
+        # written and servable, their record not committed yet (discarded by the metadata writer's thread)
+        self.recording: set[str] = set()
         self._dirty: dict[str, int] = {}  # chunk -> last use not written yet
         self._last_flush = clock()
         self.evictions = 0
@@ -300,7 +302,12 @@ class ChunkCache:
             use = self._seq
             self._seq += 1
             if h in self.policy:
-                await asyncio.shield(asyncio.wrap_future(self.meta.submit(_cached_op(h, size, use))))
+                # Not awaited: the copy is servable once its file is written, and a reader must not
+                # wait for the record's fsync (it capped cold reads at the metadata commit rate).
+                # A crash before the commit leaves a file without a row, which counts as kept.
+                self.recording.add(h)
+                self.meta.submit(_cached_op(h, size, use)).add_done_callback(
+                    lambda fut, h=h: (self.recording.discard(h), _logged(fut)))
             else:  # kept while it was being written: as durable as a chunk written here
                 await loop.run_in_executor(executor, self._sync, [h])
                 await asyncio.shield(asyncio.wrap_future(self.meta.submit(_kept_row_op(h, size))))

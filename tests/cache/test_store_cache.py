@@ -49,7 +49,11 @@ class Host:
         async def go() -> list[bool]:
             return [await self.cache.store_fetched(h, d) for h, d in items]
 
-        return asyncio.run(go())
+        stored = asyncio.run(go())
+        # a fetched copy's record is committed after the copy is handed over: wait for it (the
+        # metadata writer runs its queue in order)
+        self.meta.submit(lambda _conn: None).result()
+        return stored
 
     def held(self, h: str) -> bool:
         """On disk and in the metadata: what a reader and the holder report see."""
