@@ -12,8 +12,10 @@ Chunks. ``fetch`` runs one ``FetchPlanner`` per read, with holders looked up at 
 master (``HolderService.lookup``), costs from ``[costs]``, RTT from the membership probes (direct,
 else Vivaldi coordinates gossiped with them: ``GossipService.rtt``) and
 bandwidth learned from past transfers (one ``CostModel`` per host). Its effects are carried out
-in order by one worker: requests go out as ``fetch_chunks`` streams (one per chunk, encrypted
-across clusters, at most ``max_parallel`` at once, each with the planner's deadline), claims and
+in order by one worker: requests to one holder decided together go out as one signed request for
+up to ``MAX_BATCH`` chunks (a ``Transfer``, encrypted across clusters, at most ``max_parallel``
+chunks in flight, each with the planner's deadline), carried by a transfer thread that receives,
+decrypts and hashes the bytes off the event loop (the planner compares the digest), claims and
 dones go to the cluster's coalescing master through a second, ordered worker, and each verified
 chunk is written to the ChunkStore (no fsync: a torn cached copy fails its hash on read and is
 fetched again), recorded in the metadata and reported as held. Up to ``MAX_STORES`` stores run at
@@ -75,7 +77,7 @@ from mesh.runtime.holders import MASTER_ROLES, HolderService
 from mesh.runtime.issuance import IssuerService
 from mesh.runtime.metrics import FetchMetrics
 from mesh.runtime.repository import Repository
-from mesh.runtime.transfer import fetch_chunks
+from mesh.runtime.transfer import Transfer, transfer_pool
 
 log = logging.getLogger("elton.fetch")
 
@@ -86,6 +88,8 @@ MAX_VERSIONS_BYTES = 8 << 20  # one versions reply stays well under the stream m
 NET_ERRORS = (OSError, asyncio.IncompleteReadError, TimeoutError)
 CLOSE_TIMEOUT = 10.0  # finishing the stores and dones of a read the reader left
 MAX_STORES = 8  # fetched chunks being written to the cache at once (the store's thread pool is as wide)
+MAX_BATCH = 8  # chunks asked of one holder in one signed request
+READ_CONFIG = FetchConfig(max_parallel=16, max_ahead=32)  # deep enough that requests share a batch
 
 
 class MeshRemote:
@@ -102,7 +106,7 @@ class MeshRemote:
         self.id = gossip.id
         self.local = Host(gossip.id, gossip.cluster)
         self.model = CostModel(PriceTable.from_config(costs), rtt=self._rtt)
-        self.config = config or FetchConfig()
+        self.config = config or READ_CONFIG
         self.metrics = metrics or FetchMetrics()
         self.timeout = request_timeout
         self.is_master = gossip.role in MASTER_ROLES
@@ -334,7 +338,8 @@ class _Read:
         self.effects: deque[Effect] = deque()
         self.wake = asyncio.Event()
         self.to_master: asyncio.Queue[Any] = asyncio.Queue()
-        self.inflight: dict[int, asyncio.Task[None]] = {}
+        self.inflight: dict[int, _Batch] = {}  # request id -> the batch carrying it
+        self.drain_soon = False
         self.told: dict[str, set[str]] = {h: set() for h in self.hashes}
         self.need: set[str] = set()
         self.owed: set[str] = set()  # WAN grants not answered with a WanDone yet
@@ -381,8 +386,8 @@ class _Read:
         for unsubscribe in self.unsubscribe:
             with contextlib.suppress(ValueError):
                 unsubscribe()
-        for task in self.inflight.values():
-            task.cancel()
+        for batch in set(self.inflight.values()):
+            batch.task.cancel()
         self.effects = deque(e for e in self.effects
                              if isinstance(e, BecameHolder) or (isinstance(e, ToMaster) and isinstance(e.message, WanDone)))
         self.wake.set()
@@ -395,9 +400,9 @@ class _Read:
         if self.link is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self.link, CLOSE_TIMEOUT)
-        for task in [*self.inflight.values(), *self.tasks]:
+        for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.inflight.values(), *self.tasks, return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         for chunk in sorted(self.owed):  # a grant we cannot use: let the next waiter pull it
             with contextlib.suppress(*NET_ERRORS, EltonError):
                 await asyncio.wait_for(self.r.holders.to_master(WanDone(chunk, False)), self.r.timeout)
@@ -456,6 +461,12 @@ class _Read:
                 continue
             effect = self.effects.popleft()
             try:
+                if isinstance(effect, Request):  # with the requests right behind it: batched per holder
+                    batch = [effect]
+                    while self.effects and isinstance(self.effects[0], Request):
+                        batch.append(self.effects.popleft())  # type: ignore[arg-type]
+                    self._request(batch)
+                    continue
                 await self._do(effect)
             except asyncio.CancelledError:
                 raise
@@ -475,12 +486,13 @@ class _Read:
 
     async def _do(self, e: Effect) -> None:
         if isinstance(e, Request):
-            self.r.metrics.requests += 1
-            self.inflight[e.request_id] = self._spawn(self._transfer(e))
+            self._request([e])
         elif isinstance(e, Cancel):
-            task = self.inflight.pop(e.request_id, None)
-            if task is not None:
-                task.cancel()
+            batch = self.inflight.pop(e.request_id, None)
+            if batch is not None:
+                batch.left.discard(e.request_id)
+                if not batch.left:  # nothing of it is wanted any more
+                    batch.task.cancel()
         elif isinstance(e, ToMaster):
             msg = e.message
             if isinstance(msg, WanDone):
@@ -526,28 +538,70 @@ class _Read:
             return
         self.r.holders.on_chunks_stored([(h, size)])
 
-    async def _transfer(self, req: Request) -> None:
-        holder = req.holder
+    def _request(self, reqs: list[Request]) -> None:
+        """Requests to one holder go out together, up to ``MAX_BATCH`` chunks per signed request."""
+        self.r.metrics.requests += len(reqs)
+        by_holder: dict[str, list[Request]] = {}
+        for req in reqs:
+            by_holder.setdefault(req.holder.node, []).append(req)
+        for group in by_holder.values():
+            for i in range(0, len(group), MAX_BATCH):
+                batch = _Batch(group[i: i + MAX_BATCH])
+                for req in batch.reqs:
+                    self.inflight[req.request_id] = batch
+                batch.task = self._spawn(self._transfer(batch))
+
+    async def _transfer(self, batch: _Batch) -> None:
+        """Carried by a transfer thread: the bytes are received, decrypted and hashed there, and only
+        each chunk's result comes back to the loop (``_arrived``)."""
+        holder = batch.reqs[0].holder
         member = self.r.holders.member(holder.node)
-        result: ChunkOk | ChunkError = ChunkError(req.request_id, "error")
-        if member is not None:
-            try:
-                result = ChunkError(req.request_id, "missing")
-                stream = fetch_chunks(self.r.gossip, member.gossip, holder.node, [req.ref.hash],
-                                      encrypt=holder.cluster != self.r.local.cluster)
-                async for _h, data in stream:
-                    if data is not None:
-                        result = ChunkOk(req.request_id, data)
-            except (*NET_ERRORS, EltonError) as exc:
-                log.debug("chunk %s from %s failed: %s", req.ref.hash[:12], holder.node[:12], exc)
-                result = ChunkError(req.request_id, "error")
-        self.inflight.pop(req.request_id, None)
-        if isinstance(result, ChunkOk):
+        if member is None:
+            for req in batch.reqs:
+                self._arrived(req, None, None, "error")
+            return
+        transfer = Transfer(self.r.gossip, member.gossip, holder.node, [req.ref.hash for req in batch.reqs],
+                            encrypt=holder.cluster != self.r.local.cluster)
+
+        def on_chunk(i: int, _h: str, data: bytes | None, digest: str | None) -> None:  # a transfer thread
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the daemon is stopping
+                self.loop.call_soon_threadsafe(self._arrived, batch.reqs[i], data, digest, "missing")
+
+        done = self.loop.run_in_executor(transfer_pool(), transfer.run, on_chunk)
+        failed = False
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            transfer.abort()
+            raise
+        except (*NET_ERRORS, EltonError) as exc:
+            log.debug("chunks from %s failed: %s", holder.node[:12], exc)
+            failed = True
+        if failed or batch.left:  # what did not arrive (the chunks' results came before the end)
+            for req in batch.reqs:
+                self._arrived(req, None, None, "error")
+
+    def _arrived(self, req: Request, data: bytes | None, digest: str | None, reason: str) -> None:
+        batch = self.inflight.pop(req.request_id, None)
+        if batch is None:  # cancelled, or answered already
+            return
+        batch.left.discard(req.request_id)
+        if data is None:
+            result: ChunkOk | ChunkError = ChunkError(req.request_id, reason)
+        else:
+            result = ChunkOk(req.request_id, data, digest)
+            holder = req.holder
             self.r.metrics.chunk_fetched(holder.node, holder.cluster, self.r.local.cluster, req.estimate.link.value,
-                                         len(result.data), req.estimate.cost)
+                                         len(data), req.estimate.cost)
         if self.planner is not None and not self.closed:
             self.planner.receive(result, self.loop.time())
-            self._drain()
+            if not self.drain_soon:  # chunks arriving together are answered with one drain (and batch)
+                self.drain_soon = True
+                self.loop.call_soon(self._drain_now)
+
+    def _drain_now(self) -> None:
+        self.drain_soon = False
+        self._drain()
 
     async def _lookup(self) -> None:
         await asyncio.sleep(0.01)  # gather the NeedHolders of this burst into one lookup
@@ -588,3 +642,12 @@ class _Read:
                 continue
             for reply in replies:
                 self._notice(reply)
+
+
+class _Batch:
+    """Requests carried by one transfer to one holder; ``left``: those still waiting for a result."""
+
+    def __init__(self, reqs: list[Request]) -> None:
+        self.reqs = reqs
+        self.left = {req.request_id for req in reqs}
+        self.task: asyncio.Task[None] = None  # type: ignore[assignment]  # set right after

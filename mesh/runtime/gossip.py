@@ -712,6 +712,11 @@ class GossipService:
         """One signed envelope from this host (for services that speak on the gossip port's TCP side)."""
         return seal(self.identity, kind, self._next_seq(), body)
 
+    def next_seq(self) -> int:
+        """A sequence number for an envelope sealed elsewhere (``seal(self.identity, kind, seq, body)``,
+        in any thread: signing is thread-safe, this counter is not, so it is taken on the loop)."""
+        return self._next_seq()
+
     def _next_seq(self) -> int:
         self._counter += 1
         return (self._boot_incarnation << SEQ_COUNTER_BITS) | (self._counter & ((1 << SEQ_COUNTER_BITS) - 1))

@@ -95,14 +95,14 @@ def test_requests_to_one_holder_share_a_kept_connection_and_survive_its_idle_clo
             for x in blobs:
                 store.write(chunk_hash(x), x)
             opened = 0
-            real_open = asyncio.open_connection
+            real_connect = transfer.Transfer._connect
 
-            async def counting_open(*args, **kw):  # type: ignore[no-untyped-def]
+            def counting_connect(self):  # type: ignore[no-untyped-def]
                 nonlocal opened
                 opened += 1
-                return await real_open(*args, **kw)
+                return real_connect(self)
 
-            monkeypatch.setattr(transfer.asyncio, "open_connection", counting_open)
+            monkeypatch.setattr(transfer.Transfer, "_connect", counting_connect)
             for x in blobs[:4]:
                 got = await collect(fetch_chunks(b, a.address, a.id, [chunk_hash(x)], encrypt=encrypt))
                 assert got == [(chunk_hash(x), x)]
@@ -114,6 +114,7 @@ def test_requests_to_one_holder_share_a_kept_connection_and_survive_its_idle_clo
             monkeypatch.setattr(transfer, "KEEP_IDLE_CLIENT", 10.0)  # the requester still thinks it usable
             got = await collect(fetch_chunks(b, a.address, a.id, [chunk_hash(blobs[5])], encrypt=encrypt))
             assert got == [(chunk_hash(blobs[5]), blobs[5])]
+            assert opened == 2
         finally:
             await close_all([a, b])
 

@@ -134,8 +134,13 @@ class Send:
 
 @dataclass(frozen=True)
 class ChunkOk:
+    """The bytes a holder sent. ``digest`` is their BLAKE3 hex digest when the runtime already hashed
+    them off the event loop (its transfer threads do); the planner still compares it with the chunk's
+    hash, and computes it itself when it is None."""
+
     request_id: int
     data: bytes
+    digest: str | None = None
 
 
 @dataclass(frozen=True)

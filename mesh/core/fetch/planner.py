@@ -303,7 +303,8 @@ class FetchPlanner:
         unit, holder = f.unit, f.estimate.holder
         if isinstance(msg, ChunkOk):
             data = msg.data
-            if unit.ref.size in (0, len(data)) and chunk_hash(data) == unit.ref.hash:
+            digest = msg.digest if msg.digest is not None else chunk_hash(data)
+            if unit.ref.size in (0, len(data)) and digest == unit.ref.hash:
                 self.costs.observe_transfer(self.local, holder, len(data), now - f.sent)
                 unit.state, unit.deadline, unit.data = DONE, None, bytes(data)
                 self._out.append(BecameHolder(unit.ref, unit.data, f.estimate.cross_cluster))
