@@ -339,6 +339,8 @@ class _Read:
         self.wake = asyncio.Event()
         self.to_master: asyncio.Queue[Any] = asyncio.Queue()
         self.inflight: dict[int, _Batch] = {}  # request id -> the batch carrying it
+        self.waiting: dict[str, list[Request]] = {}  # holder -> requests not sent yet (``_request``)
+        self.flying: dict[str, int] = {}  # holder -> chunks asked of it and not answered yet
         self.drain_soon = False
         self.told: dict[str, set[str]] = {h: set() for h in self.hashes}
         self.need: set[str] = set()
@@ -488,9 +490,11 @@ class _Read:
         if isinstance(e, Request):
             self._request([e])
         elif isinstance(e, Cancel):
-            batch = self.inflight.pop(e.request_id, None)
+            for node, queue in list(self.waiting.items()):  # not sent yet: dropped
+                self.waiting[node] = [req for req in queue if req.request_id != e.request_id]
+            batch = self.inflight.get(e.request_id)
             if batch is not None:
-                batch.left.discard(e.request_id)
+                self._landed(e.request_id, batch)
                 if not batch.left:  # nothing of it is wanted any more
                     batch.task.cancel()
         elif isinstance(e, ToMaster):
@@ -539,17 +543,29 @@ class _Read:
         self.r.holders.on_chunks_stored([(h, size)])
 
     def _request(self, reqs: list[Request]) -> None:
-        """Requests to one holder go out together, up to ``MAX_BATCH`` chunks per signed request."""
+        """Requests to one holder go out together, up to ``MAX_BATCH`` chunks per signed request.
+
+        While more than ``MAX_BATCH`` chunks are on their way from a holder, new requests to it wait
+        (``waiting``) until a full batch gathers or the chunks in flight fall to ``MAX_BATCH``: the
+        planner asks for one chunk per chunk delivered, which would otherwise make every request
+        after the first ones a batch of one, and the holder keeps a batch's worth queued meanwhile."""
         self.r.metrics.requests += len(reqs)
-        by_holder: dict[str, list[Request]] = {}
         for req in reqs:
-            by_holder.setdefault(req.holder.node, []).append(req)
-        for group in by_holder.values():
-            for i in range(0, len(group), MAX_BATCH):
-                batch = _Batch(group[i: i + MAX_BATCH])
-                for req in batch.reqs:
-                    self.inflight[req.request_id] = batch
-                batch.task = self._spawn(self._transfer(batch))
+            self.waiting.setdefault(req.holder.node, []).append(req)
+        for node in {req.holder.node for req in reqs}:
+            self._send(node)
+
+    def _send(self, node: str) -> None:
+        queue = self.waiting.get(node)
+        while queue and (len(queue) >= MAX_BATCH or self.flying.get(node, 0) <= MAX_BATCH):
+            batch = _Batch(queue[:MAX_BATCH])
+            del queue[:MAX_BATCH]
+            for req in batch.reqs:
+                self.inflight[req.request_id] = batch
+            self.flying[node] = self.flying.get(node, 0) + len(batch.reqs)
+            batch.task = self._spawn(self._transfer(batch))
+        if not queue:
+            self.waiting.pop(node, None)
 
     async def _transfer(self, batch: _Batch) -> None:
         """Carried by a transfer thread: the bytes are received, decrypted and hashed there, and only
@@ -581,11 +597,22 @@ class _Read:
             for req in batch.reqs:
                 self._arrived(req, None, None, "error")
 
+    def _landed(self, request_id: int, batch: _Batch) -> None:
+        """A request of ``batch`` is answered or cancelled: one chunk less in flight from its holder."""
+        del self.inflight[request_id]
+        batch.left.discard(request_id)
+        node = batch.reqs[0].holder.node
+        self.flying[node] -= 1
+        if not self.flying[node]:
+            del self.flying[node]
+        if node in self.waiting and not self.closed:
+            self._send(node)
+
     def _arrived(self, req: Request, data: bytes | None, digest: str | None, reason: str) -> None:
-        batch = self.inflight.pop(req.request_id, None)
+        batch = self.inflight.get(req.request_id)
         if batch is None:  # cancelled, or answered already
             return
-        batch.left.discard(req.request_id)
+        self._landed(req.request_id, batch)
         if data is None:
             result: ChunkOk | ChunkError = ChunkError(req.request_id, reason)
         else:

@@ -93,6 +93,7 @@ class ChunkServer:
         self.cache = cache  # cached copies being served are pinned, and count as used
         self.served_bytes = 0
         self.served_chunks = 0
+        self.requests = 0  # signed requests served (a batch of chunks is one)
         self.kept = 0  # kept-alive connections open now
         gossip.register_stream_handler(KIND, self._serve)
 
@@ -120,6 +121,7 @@ class ChunkServer:
             self.kept -= 1
 
     async def _serve_one(self, request: StreamRequest, keep: bool) -> None:
+        self.requests += 1
         body = request.body
         if not isinstance(body, dict) or not isinstance(body.get("hashes"), list):
             raise ProtocolError("bad_message", "chunks request")

@@ -7,15 +7,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mesh.core.fetch import FetchConfig
 from mesh.core.identity import Identity
 from mesh.core.manifest import Manifest
 from mesh.core.membership import Config
-from mesh.runtime.fetch import MeshRemote
+from mesh.runtime.fetch import READ_CONFIG, MeshRemote
 from mesh.runtime.gossip import GossipService
 from mesh.runtime.holders import HolderService, held_chunks
 from mesh.runtime.issuance import IssuanceSettings, IssuerService
@@ -23,7 +22,7 @@ from mesh.runtime.repository import Repository
 from mesh.runtime.transfer import ChunkServer
 
 SETTINGS = IssuanceSettings(replicas=3, commit_timeout=3.0, retry_interval=0.1, send_timeout=1.0, poll_interval=0.05)
-FETCH = FetchConfig(timeout_base=3.0, claim_timeout=2.0, claim_wait=5.0, lookup_timeout=3.0)
+FETCH = replace(READ_CONFIG, timeout_base=3.0, claim_timeout=2.0, claim_wait=5.0, lookup_timeout=3.0)
 
 
 async def wait_for(predicate: Callable[[], bool], limit: float, what: str) -> None:

@@ -52,6 +52,27 @@ def test_read_elsewhere_one_wan_transfer_per_chunk(tmp_path):
     run_bounded(run())
 
 
+def test_chunks_from_one_holder_share_signed_requests(tmp_path):
+    """A cold read inside a cluster asks its holder for several chunks per signed request (the
+    planner's parallel requests to one holder are batched), and gets every byte right."""
+    async def run() -> None:
+        nodes = await make_mesh(tmp_path, LAYOUT)
+        try:
+            data = os.urandom(16 * 1024 * 1024)
+            manifest = await nodes["a1"].put("batched", data)
+            distinct = len({r.hash for r in manifest.chunks})
+            await wait_known(nodes["a0"], manifest, "a")
+            before = nodes["a1"].server.requests
+            assert await nodes["a0"].read("batched") == data
+            asked = nodes["a1"].server.requests - before
+            assert nodes["a1"].server.served_chunks >= distinct
+            assert 0 < asked <= distinct // 3, f"{asked} requests for {distinct} chunks"
+        finally:
+            await close_mesh(nodes)
+
+    run_bounded(run())
+
+
 def test_cheaper_cluster_chosen_corrupt_copy_skipped_dead_holder_replaced(tmp_path):
     async def run() -> None:
         nodes = await make_mesh(tmp_path, LAYOUT, costs={"pairs": {"b/c": 0.001}, "time_weight": 1e-6})
