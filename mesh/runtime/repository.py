@@ -43,6 +43,7 @@ MAX_INFLIGHT_CHUNKS = 16  # bounds memory of an upload: about 16 x 2 MiB beyond 
 PREFETCH_CHUNKS = 4
 STORE_THREADS = 8  # fsyncs in parallel: the virtual disks here write much faster with a deeper queue
 MAX_CHUNK_UPLOAD = 8 * MAX_SIZE
+SMALL_PIECE = 64 * 1024  # a piece up to this size is hashed on the loop (a few microseconds)
 MAX_RECORDED_CHECK = 64  # a commit of up to this many chunks skips recording those recorded already
 
 
@@ -190,6 +191,16 @@ class Repository:
         loop = asyncio.get_running_loop()
 
         def start(piece: bytes) -> None:
+            if len(piece) <= SMALL_PIECE:  # hashed here: a small chunk stored already needs no thread
+                h = chunk_hash(piece)
+                with self._inflight_lock:  # counted before the check: a failed upload's clean-up keeps it
+                    self._inflight[h] += 1
+                if self.chunks.has(h):
+                    done: asyncio.Future[ChunkRef] = loop.create_future()
+                    done.set_result(ChunkRef(h, len(piece)))
+                    inflight.append(done)
+                    return
+                self._release([h], set())  # counters only: the thread counts it again
             inflight.append(loop.run_in_executor(self.executor, self._store_piece, piece, created))
 
         try:
