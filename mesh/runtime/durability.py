@@ -11,12 +11,18 @@ Concurrent commits share their requests: while ``MAX_INFLIGHT_PER_PEER`` request
 in flight, the chunks of later commits wait and go to it together in the next request (one round
 trip, one fsync of the directories and one metadata commit on that host for the whole batch); each
 commit's answer is the answer of the request that carried its chunks.
+
+A host that answered that it stores chunks keeps them for good (a copy is never evicted, only a
+cached one), so the writer remembers the last ``MAX_CONFIRMED`` (host, chunk) pairs confirmed, and
+a commit whose chunks a live candidate already confirmed counts that host without asking it again
+(content written again: the same file under another key, an unchanged part of a tree).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +45,7 @@ RETRY_WINDOW = 3.0  # seconds a commit keeps trying to place its copies (a host 
 RETRY_PAUSE = 0.25
 MAX_INFLIGHT_PER_PEER = 2  # copy requests in flight to one host; later commits' chunks share the next
 MAX_BATCH_HASHES = 4096  # chunks in one shared request
+MAX_CONFIRMED = 32768  # (host, chunk) pairs remembered as stored there (about 8 MB)
 
 
 @dataclass
@@ -60,6 +67,7 @@ class ChunkReplicator:
         self.scope = scope
         self.on_stored = on_stored
         self._peers: dict[str, _Peer] = {}
+        self._confirmed: OrderedDict[tuple[str, str], None] = OrderedDict()  # (host, chunk) it stores, LRU
         self._tasks: set[asyncio.Task[None]] = set()
         gossip.register_stream_handler(KIND, self._serve)
 
@@ -91,6 +99,9 @@ class ChunkReplicator:
         while True:
             alive, known = self.candidates()
             wanted = min(self.copies - 1, known)
+            for m in alive:  # hosts that confirmed all these chunks before count without a request
+                if len(done) < wanted and m.id not in done and self._holds(m.id, hashes):
+                    done.append(m.id)
             if len(done) >= wanted:
                 return done
             untried = [m for m in alive if m.id not in done and m.id not in failed]
@@ -102,6 +113,7 @@ class ChunkReplicator:
                 for m, r in zip(batch, results, strict=True):
                     if r is True:
                         done.append(m.id)
+                        self._confirm(m.id, hashes)
                     else:
                         if m.id not in failed:
                             failed.append(m.id)
@@ -113,6 +125,21 @@ class ChunkReplicator:
                 raise Unavailable(f"{len(done) + 1} of {wanted + 1} copies of the chunks stored (failed or "
                                   f"unreachable: {', '.join(x[:12] for x in missing) or 'no live store host'})")
             await asyncio.sleep(RETRY_PAUSE)
+
+    def _holds(self, node: str, hashes: list[str]) -> bool:
+        """Whether ``node`` confirmed that it stores every one of ``hashes`` (touched as used if so)."""
+        if len(hashes) > MAX_CONFIRMED or not all((node, h) in self._confirmed for h in hashes):
+            return False
+        for h in hashes:
+            self._confirmed.move_to_end((node, h))
+        return True
+
+    def _confirm(self, node: str, hashes: list[str]) -> None:
+        for h in hashes:
+            self._confirmed[(node, h)] = None
+            self._confirmed.move_to_end((node, h))
+        while len(self._confirmed) > MAX_CONFIRMED:
+            self._confirmed.popitem(last=False)
 
     async def _ask(self, m: MemberInfo, hashes: list[str], sizes: list[int], timeout: float) -> bool:
         """Whether ``m`` stored the chunks durably: sent at once, or with others' in the next request.
@@ -198,8 +225,11 @@ class ChunkReplicator:
                     raise Unavailable(f"chunk {h} did not arrive intact from {holder[:12]}")
                 await self.repo._in_thread(self.repo.chunks.write, h, data)
                 stored.append((h, len(data)))
-        if stored:  # nothing new: nothing to sync or record
-            await self.repo._in_thread(self.repo.chunks.sync_dirs, {h for h, _ in stored})
+        # A chunk found here may have been renamed in by another request whose fsync has not ended:
+        # every directory with a rename not yet covered by an fsync is synced (none, usually).
+        if self.repo.chunks.dirs_to_sync(hashes):
+            await self.repo._in_thread(self.repo.chunks.sync_dirs, hashes)
+        if stored:  # nothing new: nothing to record
             await self.repo.meta.write(record_chunks(sorted(set(stored))))
             if self.on_stored is not None:
                 self.on_stored(stored)

@@ -43,6 +43,8 @@ MAX_INFLIGHT_CHUNKS = 16  # bounds memory of an upload: about 16 x 2 MiB beyond 
 PREFETCH_CHUNKS = 4
 STORE_THREADS = 8  # fsyncs in parallel: the virtual disks here write much faster with a deeper queue
 MAX_CHUNK_UPLOAD = 8 * MAX_SIZE
+SMALL_PIECE = 64 * 1024  # a piece up to this size is hashed on the loop (a few microseconds)
+MAX_RECORDED_CHECK = 64  # a commit of up to this many chunks skips recording those recorded already
 
 
 def content_hash_of(data: bytes) -> str:
@@ -189,6 +191,16 @@ class Repository:
         loop = asyncio.get_running_loop()
 
         def start(piece: bytes) -> None:
+            if len(piece) <= SMALL_PIECE:  # hashed here: a small chunk stored already needs no thread
+                h = chunk_hash(piece)
+                with self._inflight_lock:  # counted before the check: a failed upload's clean-up keeps it
+                    self._inflight[h] += 1
+                if self.chunks.has(h):
+                    done: asyncio.Future[ChunkRef] = loop.create_future()
+                    done.set_result(ChunkRef(h, len(piece)))
+                    inflight.append(done)
+                    return
+                self._release([h], set())  # counters only: the thread counts it again
             inflight.append(loop.run_in_executor(self.executor, self._store_piece, piece, created))
 
         try:
@@ -228,19 +240,32 @@ class Repository:
         # The chunks' directories are fsynced, the chunks recorded and their copies made on other hosts
         # at once (three waits for a disk or a peer in parallel, not one after the other); the version
         # is issued only once all three are done. All three finish before an error is raised, so the
-        # clean-up of a failed upload never races the recording of its chunks.
-        steps = [self._in_thread(self.chunks.sync_dirs, {r.hash for r in refs}), self.meta.write(record_chunks(pairs))]
+        # clean-up of a failed upload never races the recording of its chunks. Chunks that were here
+        # already (the same content again) need neither: their directories' last fsyncs covered them
+        # and their records are committed.
+        hashes = {h for h, _ in pairs}
+        new = pairs
+        if len(pairs) <= MAX_RECORDED_CHECK:  # a small commit asks which are recorded (one indexed read)
+            recorded = self.meta.has_chunks(list(hashes)) if pairs else set()
+            new = [p for p in pairs if p[0] not in recorded]
+        steps: list[Awaitable[object]] = []
+        if self.chunks.dirs_to_sync(hashes):
+            steps.append(self._in_thread(self.chunks.sync_dirs, hashes))
+        recording = self.meta.write(record_chunks(new)) if new else None
+        if recording is not None:
+            steps.append(recording)
         if self.before_issue is not None and (refs or durable):
             steps.append(self.before_issue(_unique([*refs, *durable])))
         results = await asyncio.gather(*steps, return_exceptions=True)
-        if not isinstance(results[1], BaseException):
-            self._stored(pairs)
+        if recording is not None and not isinstance(results[steps.index(recording)], BaseException):
+            self._stored(new)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
         if self.issuer is not None:
             manifest = await self.issuer(draft, expected_parent)  # verified by the issuer (IssueFn)
-            await self.meta.write(store_version(manifest))
+            # a local copy: the masters of the key's replica set hold the version durably already
+            await self.meta.write(store_version(manifest), durable=False)
             return manifest
         return await self.meta.write(_issue_op(draft, expected_parent, self.identity, self.clock()))
 

@@ -5,6 +5,12 @@ under its name when complete (``write``), so a crash leaves at most unreferenced
 never a partial one under a chunk's name (where O_TMPFILE is missing, temporary files live in
 ``<root>/tmp`` and are removed at start-up). Callers fsync the touched directories once per commit (``sync_dirs``) before
 they make a version that names the chunks visible.
+
+A directory is fsynced only when a chunk was renamed into it since its last fsync began: each of
+the 256 directories has a counter of renames, and remembers the count its last completed fsync
+covered. Concurrent commits into one directory share an fsync, and a commit of chunks that were
+already here (the same content again) pays none. Every directory counts as changed at start-up
+(a restarted daemon cannot know what the page cache still held).
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ class ChunkStore:
             (root / f"{i:02x}").mkdir(exist_ok=True)
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)
+        self._lock = threading.Lock()
+        self._renamed: dict[str, int] = {f"{i:02x}": 1 for i in range(256)}  # renames into each directory
+        self._synced: dict[str, int] = dict.fromkeys(self._renamed, 0)  # ... that its last fsync covered
 
     def path(self, h: str) -> Path:
         return self.root / h[:2] / h
@@ -115,6 +124,8 @@ class ChunkStore:
                 self._write_all(fd, data, fsync)
             finally:
                 os.close(fd)
+            with self._lock:  # counted before the rename: an fsync that began earlier does not cover it
+                self._renamed[h[:2]] += 1
             os.rename(tmp, final)
         except OSError:
             tmp.unlink(missing_ok=True)
@@ -154,11 +165,20 @@ class ChunkStore:
             finally:
                 os.close(fd)
 
+    def dirs_to_sync(self, hashes: list[str] | set[str]) -> list[str]:
+        """The directories of these chunks with a rename their last fsync did not cover."""
+        with self._lock:
+            return [p for p in {h[:2] for h in hashes} if self._synced[p] < self._renamed[p]]
+
     def sync_dirs(self, hashes: list[str] | set[str]) -> None:
-        """Make the renames of these chunks durable (one fsync per touched directory)."""
-        for prefix in {h[:2] for h in hashes}:
+        """Make the renames of these chunks durable (one fsync per directory that has changed)."""
+        for prefix in self.dirs_to_sync(hashes):
+            with self._lock:
+                upto = self._renamed[prefix]
             fd = os.open(self.root / prefix, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            with self._lock:
+                self._synced[prefix] = max(self._synced[prefix], upto)

@@ -4,6 +4,11 @@ All writes go through one writer thread that commits whatever is queued as one t
 (group commit): many concurrent PUTs pay for one fsync together. Each queued operation runs in
 its own savepoint, so one failing operation does not undo its neighbours. Reads use a separate
 connection per thread and see the last committed state (WAL snapshot).
+
+An operation submitted with ``durable=False`` (a record that is only a local copy of something
+durable elsewhere, such as a version a mesh's masters issued) does not wait for an fsync of its
+own: a batch of only such operations commits with ``synchronous=NORMAL`` (visible at once, made
+durable by the next fsync of the WAL, which is written in order).
 """
 
 from __future__ import annotations
@@ -63,20 +68,23 @@ class MetaStore:
         self._writer = _connect(path)
         self._writer.executescript(SCHEMA)
         self._local = threading.local()
-        self._queue: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None] = (
+        self._queue: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], Future[Any], bool] | None] = (
             queue.Queue()
         )
+        self._synchronous = "FULL"
         self._thread = threading.Thread(target=self._run, name="meta-writer", daemon=True)
         self._thread.start()
 
     # -- writes -----------------------------------------------------------------------------------
-    def submit(self, op: Callable[[sqlite3.Connection], T]) -> Future[T]:
+    def submit(self, op: Callable[[sqlite3.Connection], T], durable: bool = True) -> Future[T]:
+        """Queue ``op`` for the next group commit; the future is done once it is committed (and,
+        unless ``durable`` is False, fsynced)."""
         fut: Future[T] = Future()
-        self._queue.put((op, fut))
+        self._queue.put((op, fut, durable))
         return fut
 
-    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.wrap_future(self.submit(op))
+    async def write(self, op: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
+        return await asyncio.wrap_future(self.submit(op, durable))
 
     def write_sync(self, op: Callable[[sqlite3.Connection], T]) -> T:
         return self.submit(op).result()
@@ -98,18 +106,22 @@ class MetaStore:
                 batch.append(nxt)
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]) -> None:
+    def _commit(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any], bool]]) -> None:
         # A caller that was cancelled while queued has no operation to run; claiming the others
         # (running) means nobody can cancel them now, so setting their results cannot fail and
         # kill this thread.
-        batch = [(op, fut) for op, fut in batch if fut.set_running_or_notify_cancel()]
+        batch = [item for item in batch if item[1].set_running_or_notify_cancel()]
         if not batch:
             return
         conn = self._writer
+        synchronous = "FULL" if any(durable for _, _, durable in batch) else "NORMAL"
+        if synchronous != self._synchronous:  # outside a transaction: SQLite ignores it inside one
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+            self._synchronous = synchronous
         results: list[tuple[Future[Any], bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, fut in batch:
+            for op, fut, _ in batch:
                 conn.execute("SAVEPOINT op")
                 try:
                     results.append((fut, True, op(conn)))
@@ -122,7 +134,7 @@ class MetaStore:
         except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for _, fut in batch:
+            for _, fut, _ in batch:
                 if not fut.done():
                     fut.set_exception(exc)
             return

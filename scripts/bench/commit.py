@@ -4,6 +4,10 @@ Each commit is a 100-byte PUT to the writer host's own eltond (HTTP on its loopb
 for the chunk copy (copies = 2 in the cluster) and the issuance at the key's home, replicated to a
 majority of the key's replica set (replicas = 3, replica_scope = mesh). Keys are chosen by where
 their home is: the writer's host, another master of its cluster, or a master across the WAN.
+
+By default every commit writes the same 100 bytes, so its chunk is already stored on the writer
+and on the copy host; ``--unique`` makes each commit's content new (a new chunk to fsync, record
+and copy each time).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ LOAD = r"""
 import asyncio, json, sys, time
 import aiohttp
 keys, writers, count = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+unique = len(sys.argv) > 4 and sys.argv[4] == "unique"
+run = time.time_ns()
 async def main():
     lat = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=writers)) as s:
@@ -32,7 +38,8 @@ async def main():
             for i in range(count // writers):
                 key = keys[(w + i * writers) % len(keys)]
                 t = time.perf_counter()
-                async with s.put(f"http://127.0.0.1:7420/v1/keys/{key}", data=b"x" * 100) as r:
+                body = f"{run} {w} {i} ".encode().ljust(100, b"x") if unique else b"x" * 100
+                async with s.put(f"http://127.0.0.1:7420/v1/keys/{key}", data=body) as r:
                     await r.read()
                     if r.status != 201:
                         raise SystemExit(f"PUT {key}: {r.status} {await r.text()}")
@@ -54,6 +61,7 @@ def where(h: Harness, host: str, key: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=1600, help="commits per measurement")
+    ap.add_argument("--unique", action="store_true", help="new content in every commit (not the same 100 bytes)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "commit.json")
     args = ap.parse_args()
     rows = []
@@ -77,13 +85,13 @@ def main() -> int:
             h.exec("c1h1", [sys.executable, "-c", LOAD, json.dumps(keys), "16", str(len(keys))], timeout=300)
             for writers in (1, 16):
                 count = args.count if writers == 16 else max(200, args.count // 8)
-                r = h.exec("c1h1", [sys.executable, "-c", LOAD, json.dumps(keys), str(writers), str(count)],
-                           timeout=600)
+                r = h.exec("c1h1", [sys.executable, "-c", LOAD, json.dumps(keys), str(writers), str(count),
+                                    "unique" if args.unique else "same"], timeout=600)
                 if r.returncode != 0:
                     raise SystemExit(f"load failed: {r.stdout} {r.stderr}")
                 res = json.loads(r.stdout)
                 lat = sorted(res["lat"])
-                rows.append({"home": name, "writers": writers, "commits": len(lat),
+                rows.append({"home": name, "writers": writers, "content": "unique" if args.unique else "same", "commits": len(lat),
                              "p50_ms": statistics.median(lat) * 1e3, "p99_ms": lat[int(0.99 * (len(lat) - 1))] * 1e3,
                              "per_s": len(lat) / res["seconds"]})
                 print(rows[-1], file=sys.stderr)

@@ -184,3 +184,35 @@ def test_a_durable_chunk_not_stored_here_fails_the_commit(tmp_path):
                 r.close()
 
     asyncio.run(run())
+
+
+def test_content_a_host_confirmed_is_not_asked_for_again(tmp_path):
+    async def run() -> None:
+        hosts = await cluster_of(tmp_path, [("a", "both"), ("a", "node")])
+        (ga, ra), (gb, rb) = hosts
+        try:
+            rep = ChunkReplicator(ga, ra, copies=2, scope="cluster")
+            ChunkReplicator(gb, rb, copies=2, scope="cluster")
+            ra.before_issue = rep.ensure
+            asked: list[int] = []
+            real = ga.request
+
+            async def counting(addr, kind, body, timeout=30.0):  # type: ignore[no-untyped-def]
+                if kind == durability.KIND:
+                    asked.append(len(body["hashes"]))
+                return await real(addr, kind, body, timeout=timeout)
+
+            ga.request = counting  # type: ignore[method-assign]
+            data = os.urandom(300 * 1024)
+            await ra.ingest("dur/one", body(data))
+            assert len(asked) == 1 and rb.chunks.has(chunk_hash(data))
+            await ra.ingest("dur/two", body(data))  # the same content under another key
+            assert len(asked) == 1, "b confirmed these chunks: no second request"
+            await ra.ingest("dur/three", body(data + b"!"))  # new content is copied as before
+            assert len(asked) == 2
+        finally:
+            await close_all([g for g, _ in hosts])
+            for _, r in hosts:
+                r.close()
+
+    asyncio.run(run())

@@ -29,3 +29,18 @@ def test_a_cancelled_writer_does_not_kill_the_writer_thread(tmp_path):
     asyncio.run(main())
     assert meta.has_chunks(["a" * 64, "b" * 64]) == {"b" * 64}, "the cancelled write was not carried out"
     meta.close()
+
+
+def test_a_batch_of_only_non_durable_writes_commits_without_fsync_and_the_next_durable_one_fsyncs(tmp_path):
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    seen: list[int] = []
+
+    def mode(conn):  # what the writer connection's transaction runs under
+        seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    meta.submit(mode, durable=False).result(5)
+    meta.submit(mode).result(5)
+    meta.submit(record_chunks([("c" * 64, 3)]), durable=False).result(5)
+    assert seen == [1, 2], "NORMAL (1) for a non-durable batch, FULL (2) for a durable one"
+    assert meta.has_chunks(["c" * 64]) == {"c" * 64}, "a non-durable write is visible once done"
+    meta.close()
