@@ -3,14 +3,14 @@
 Layout: ``<root>/<first two hex digits>/<hash>``; a chunk is written to an unnamed file and linked
 under its name when complete (``write``), so a crash leaves at most unreferenced whole chunks,
 never a partial one under a chunk's name (where O_TMPFILE is missing, temporary files live in
-``<root>/tmp`` and are removed at start-up). Callers fsync the touched directories once per commit (``sync_dirs``) before
-they make a version that names the chunks visible.
+``<root>/tmp``, are renamed, and are removed at start-up). Callers fsync the touched directories
+once per commit (``sync_dirs``) before they make a version that names the chunks visible.
 
-A directory is fsynced only when a chunk was renamed into it since its last fsync began: each of
-the 256 directories has a counter of renames, and remembers the count its last completed fsync
-covered. Concurrent commits into one directory share an fsync, and a commit of chunks that were
-already here (the same content again) pays none. Every directory counts as changed at start-up
-(a restarted daemon cannot know what the page cache still held).
+A directory is fsynced only when a chunk got its name in it (a link or a rename) since its last
+fsync began: each of the 256 directories has a counter of new names, and remembers the count its
+last completed fsync covered. Concurrent commits into one directory share an fsync, and a commit
+of chunks that were already here (the same content again) pays none. Every directory counts as
+changed at start-up (a restarted daemon cannot know what the page cache still held).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class ChunkStore:
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)
         self._lock = threading.Lock()
-        self._renamed: dict[str, int] = {f"{i:02x}": 1 for i in range(256)}  # renames into each directory
+        self._renamed: dict[str, int] = {f"{i:02x}": 1 for i in range(256)}  # new names in each directory
         self._synced: dict[str, int] = dict.fromkeys(self._renamed, 0)  # ... that its last fsync covered
 
     def path(self, h: str) -> Path:
@@ -107,6 +107,7 @@ class ChunkStore:
         fd = os.open(final.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
         try:
             self._write_all(fd, data, fsync)
+            self._count_new_name(final.parent.name)
             try:
                 # linkat(AT_SYMLINK_FOLLOW) through /proc: a plain link() would link the magic link itself
                 os.link(str(fd), final, src_dir_fd=_fd_dir(), follow_symlinks=True)
@@ -124,13 +125,17 @@ class ChunkStore:
                 self._write_all(fd, data, fsync)
             finally:
                 os.close(fd)
-            with self._lock:  # counted before the rename: an fsync that began earlier does not cover it
-                self._renamed[h[:2]] += 1
+            self._count_new_name(h[:2])
             os.rename(tmp, final)
         except OSError:
             tmp.unlink(missing_ok=True)
             raise
         return True
+
+    def _count_new_name(self, prefix: str) -> None:
+        # counted before the link or rename: an fsync of the directory that began earlier does not cover it
+        with self._lock:
+            self._renamed[prefix] += 1
 
     def read(self, h: str) -> bytes:
         """The verified bytes of chunk ``h``; a corrupt copy is moved aside and never returned."""

@@ -1,4 +1,4 @@
-"""ChunkStore: a chunk directory is fsynced only when a chunk was renamed into it since its last fsync."""
+"""ChunkStore: a chunk directory is fsynced only when a chunk got its name in it since its last fsync."""
 
 from __future__ import annotations
 
@@ -31,3 +31,18 @@ def test_a_restarted_store_syncs_what_it_finds(tmp_path):
     ChunkStore(tmp_path / "chunks").write(h, a)
     again = ChunkStore(tmp_path / "chunks")  # the page cache may still hold the rename
     assert again.has(h) and again.dirs_to_sync([h]) == [h[:2]]
+
+
+def test_both_ways_of_naming_a_chunk_count_as_a_change(tmp_path):
+    """A chunk is linked from an unnamed file (O_TMPFILE) or, where that is refused, renamed from
+    ``tmp``: either way its directory needs the next fsync, and nothing is left in ``tmp``."""
+    for linked in (True, False):
+        store = ChunkStore(tmp_path / f"chunks-{linked}")
+        store._tmpfile = linked
+        data = f"named {linked}".encode()
+        h = chunk_hash(data)
+        store.sync_dirs([h])
+        assert store.write(h, data) is True and store.read(h) == data
+        assert store.dirs_to_sync([h]) == [h[:2]]
+        assert store.write(h, data) is False
+        assert list(store.tmp.iterdir()) == []
