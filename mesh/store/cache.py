@@ -302,11 +302,12 @@ class ChunkCache:
             use = self._seq
             self._seq += 1
             if h in self.policy:
-                # Not awaited: the copy is servable once its file is written, and a reader must not
-                # wait for the record's fsync (it capped cold reads at the metadata commit rate).
-                # A crash before the commit leaves a file without a row, which counts as kept.
+                # Not awaited, and not fsynced on its own: the copy is servable once its file is
+                # written (a reader waiting for the record's fsync was capped at the metadata commit
+                # rate). A crash before the record is durable leaves a file without a row, which
+                # counts as kept.
                 self.recording.add(h)
-                self.meta.submit(_cached_op(h, size, use)).add_done_callback(
+                self.meta.submit(_cached_op(h, size, use), durable=False).add_done_callback(
                     lambda fut, h=h: (self.recording.discard(h), _logged(fut)))
             else:  # kept while it was being written: as durable as a chunk written here
                 await loop.run_in_executor(executor, self._sync, [h])
