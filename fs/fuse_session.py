@@ -167,7 +167,8 @@ class Session:
                     raise
                 h = w.parse_header(buf)
                 self.counts[h.opcode] += 1
-                if h.opcode in (w.OPEN, w.CREATE):  # may wait for the daemon (a lower file's fetch)
+                if h.opcode in (w.OPEN, w.CREATE) or (h.opcode == w.READ and not self._read_ready(buf)):
+                    # may wait for the daemon (a lower file's fetch): the other requests go on meanwhile
                     nursery.start_soon(self._dispatch, h, bytes(buf[:n]))
                 elif h.opcode == w.DESTROY:
                     self._send(w.reply(h.unique))
@@ -177,6 +178,11 @@ class Session:
                     if h.opcode == w.INIT:  # the kernel has applied the reply: now readahead may grow
                         self._raise_readahead()
             nursery.cancel_scope.cancel()
+
+    def _read_ready(self, buf: bytearray) -> bool:
+        """True when a READ can be answered at once (its bytes are cached), so it is served inline."""
+        fh, off, size, *_ = w.READ_IN.unpack_from(buf, w.IN_HEADER.size)
+        return self.ops.read_ready(fh, off, size)
 
     def _raise_readahead(self) -> None:
         """Let the kernel read ahead READAHEAD_KB of a file read through us (a lower file), so a
