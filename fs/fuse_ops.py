@@ -68,6 +68,7 @@ class Handle:
     fd: int
     upper: bool
     fetch: Fetch | None = None  # a lower file still arriving: reads wait for their bytes
+    size: int = 0  # a lower file's (immutable) size
 
 
 class Operations(pyfuse3.Operations):
@@ -348,10 +349,10 @@ class Operations(pyfuse3.Operations):
         return None
 
     # -- files ------------------------------------------------------------------------------------
-    def _handle(self, ino: int, fd: int, upper: bool, fetch: Fetch | None = None) -> pyfuse3.FileInfo:
+    def _handle(self, ino: int, fd: int, upper: bool, fetch: Fetch | None = None, size: int = 0) -> pyfuse3.FileInfo:
         fh = self._next_fh
         self._next_fh += 1
-        self.handles[fh] = Handle(ino, fd, upper, fetch)
+        self.handles[fh] = Handle(ino, fd, upper, fetch, size)
         self.opened[ino] += 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
@@ -371,12 +372,13 @@ class Operations(pyfuse3.Operations):
             return self._handle(inode, os.open(path, os.O_RDWR), True)
         if node.upper:
             return self._handle(inode, os.open(self.state.upper_path(inode), os.O_RDWR), True)
-        fd, fetch = await trio.to_thread.run_sync(self._open_lower, node.lower_chunks())
+        chunks = node.lower_chunks()
+        fd, fetch = await trio.to_thread.run_sync(self._open_lower, chunks)
         node = self.state.need(inode)  # it may have been copied up meanwhile
         if node.upper:
             os.close(fd)
             return self._handle(inode, os.open(self.state.upper_path(inode), os.O_RDWR), True)
-        return self._handle(inode, fd, False, fetch)
+        return self._handle(inode, fd, False, fetch, sum(n for _, n in chunks))
 
     def _open_lower(self, chunks: Chunks) -> tuple[int, Fetch | None]:
         """A descriptor of a lower file's cached copy, and its fetch if it is still arriving. The open
@@ -403,6 +405,21 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = await self._readable(fh, off, size)
+        return os.pread(h.fd, size, off)
+
+    @_errors
+    async def read_span(self, fh: int, off: int, size: int) -> tuple[int, int] | None:
+        """For a lower file: its cached copy's descriptor and how many bytes from ``off`` to send, once
+        they are there (the session splices them to the kernel without copying them through Python);
+        None for an upper file (use ``read``)."""
+        h = await self._readable(fh, off, size)
+        if h.upper:
+            return None
+        return h.fd, max(0, min(size, h.size - off))
+
+    async def _readable(self, fh: int, off: int, size: int) -> Handle:
+        """The handle, once bytes [off, off + size) of a lower file still arriving are cached."""
         h = self.handles[fh]
         if h.fetch is not None:
             await self._arrived(h.fetch, off + size)
@@ -416,7 +433,7 @@ class Operations(pyfuse3.Operations):
                     raise pyfuse3.FUSEError(errno.EIO) from None
                 if h.fetch.done >= h.fetch.size:
                     h.fetch = None
-        return os.pread(h.fd, size, off)
+        return h
 
     async def _arrived(self, fetch: Fetch, end: int) -> None:
         """Wait, without holding up other requests, until bytes [0, end) of a lower file are cached."""

@@ -20,6 +20,7 @@ import pytest
 
 from tests.eltond_process import EltondProcess
 from tests.fs.conftest import Host
+from tests.fs.test_robust import info
 
 HOLD_AFTER = 3 << 20  # the proxy sends this much of a chunk stream, then waits for the gate
 SIZE = 12 << 20
@@ -138,6 +139,11 @@ def test_a_lower_file_is_read_while_it_arrives_by_one_shared_fetch(
             time.sleep(0.05)
         assert (mnt / "big.bin").read_bytes() == content  # now from the cache: no new fetch
         assert proxy.streams == 1
+        with open(mnt / "big.bin", "rb", buffering=0) as f:  # odd spans, past the end, from the kernel's cache
+            for off, n in ((1, 100_000), (SIZE - 5000, 9000), (SIZE, 10), (4095, 1 << 20)):
+                assert os.pread(f.fileno(), n, off) == content[off:off + n]
+        if os.geteuid() == 0:  # the session engine: lower-file reads went to the kernel by splice
+            assert info(b, mnt)["fuse"]["spliced_reads"] > 0
         b.umount(mnt)
     finally:
         b.cleanup()
