@@ -6,6 +6,8 @@ valid forever: a lower file is fetched once, on first open, then served from the
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
 import queue
@@ -55,6 +57,21 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Give a cache file its blocks before it is written: ext4 then writes into allocated (unwritten)
+    extents, about half the kernel's work per byte of reserving delayed blocks one page at a time.
+    The file has its full size at once, which says nothing: only a whole file gets its final name.
+    A file system without fallocate is written as before."""
+    if size > 0 and _libc.fallocate(fd, 0, 0, size) != 0:
+        err = ctypes.get_errno()
+        if err == errno.ENOSPC:
+            raise OSError(err, f"no room for a {size}-byte file in the cache")
 
 
 class Fetch:
@@ -228,6 +245,7 @@ class Store:
         try:
             t0 = time.perf_counter()
             with open(fd, "wb", closefd=True) as out:
+                _preallocate(fd, f.size)
                 self._fetch(chunks, out, f.advance)
                 t1 = time.perf_counter()
                 os.fdatasync(fd)  # readers already have every byte; the name must only ever mean whole
