@@ -27,6 +27,7 @@ log = logging.getLogger("eltonfs")
 FIXED_PIECE = 4 * 1024 * 1024
 DIR_CACHE = 4096
 UPLOAD_BATCH_BYTES = 64 * 1024 * 1024
+SPLICE = os.environ.get("ELTONFS_SPLICE", "1") != "0"
 
 
 class ChunkClient(Protocol):
@@ -266,8 +267,14 @@ class Store:
 
     def _fetch(self, chunks: Chunks, f: BinaryIO, advance: Callable[[int], None]) -> None:
         """Write a file's chunks to ``f``: one streamed request for the whole file (the node fetches what
-        it lacks in one pipelined mesh read), received into reused buffers while a second thread writes
-        the previous chunk to disk, so the network and the page cache work at the same time."""
+        it lacks in one pipelined mesh read). From a daemon on this host the stream is spliced into the
+        file inside the kernel (the daemon checked each chunk); from another, chunks are received into
+        reused buffers and hashed while a second thread writes the previous one to disk."""
+        to_fd = getattr(self.client, "stream_chunks_to_fd", None)
+        if to_fd is not None and chunks and getattr(self.client, "is_local", False) and SPLICE:
+            f.flush()
+            to_fd(list(chunks), f.fileno(), advance)
+            return
         into = getattr(self.client, "stream_chunks_into", None)
         if into is None or not chunks:
             stream = getattr(self.client, "stream_chunks", None)
