@@ -323,6 +323,31 @@ class Store:
         if failed:
             raise failed[0]
 
+    def remove_stale_partials(self) -> int:
+        """Delete the partial files that fetches of dead processes left (a mount killed mid-fetch): they
+        were never named as whole files, so nothing reads them, but each holds its file's full size.
+        A partial file's name carries its writer's pid; a live writer's file is left alone."""
+        removed = 0
+        for tmp in self.files_dir.glob("*/.*.tmp"):
+            try:
+                pid = int(tmp.name.split(".")[-3])
+            except (ValueError, IndexError):
+                continue
+            if pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, 0)
+                continue
+            except ProcessLookupError:
+                pass
+            except PermissionError:  # alive, someone else's
+                continue
+            tmp.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            log.info("removed %d partial cache files left by fetches that did not finish", removed)
+        return removed
+
     def is_cached(self, chunks: Chunks) -> bool:
         name = chunk_hash(pack([[h, s] for h, s in chunks]))
         return (self.files_dir / name[:2] / name).exists()
