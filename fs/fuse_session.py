@@ -4,8 +4,9 @@ libfuse 3.14 and pyfuse3 3.5 cannot negotiate FUSE_PASSTHROUGH, so this session 
 mount(2) and speaks the protocol directly, calling the same ``fs.fuse_ops.Operations`` pyfuse3
 would. An upper file is opened with FOPEN_PASSTHROUGH on its ``upper/<ino>`` file: the kernel then
 reads, writes and mmaps that file itself, at local speed, and commit sees every byte at once. A
-lower file (an immutable cached copy) is opened with keep_cache and read through this process, so
-a copy-up while it is open stays correct: the kernel forbids mixing passthrough and cached opens
+lower file (an immutable cached copy, perhaps still arriving) is opened with keep_cache and read
+through this process, its READs answered by splice(2) from the cached copy, so a copy-up while it
+is open stays correct: the kernel forbids mixing passthrough and cached opens
 of one inode, so an inode keeps the mode of its first open until its last handle is released.
 Needs CAP_SYS_ADMIN (mount, FUSE_DEV_IOC_BACKING_OPEN); ``fs.mount`` uses pyfuse3 otherwise.
 """
