@@ -1,7 +1,8 @@
 """The FUSE adapter: pyfuse3 operations over a mount's State.
 
 Runs on one trio thread, so the namespace needs no locks; only fetching a lower file from the
-daemon runs in a worker thread. Every file is opened with ``keep_cache``: lower contents are
+daemon runs in worker threads. An uncached lower file's open returns once its first chunk is in the
+cache; each read then waits (as a trio task, other requests go on) only for its own bytes. Every file is opened with ``keep_cache``: lower contents are
 immutable and every write to an upper file passes through this mount, so the kernel's page cache
 is always right. Inode lookup counts are honoured: an inode without a name is dropped once the
 kernel has forgotten it and no handle is open.
@@ -9,6 +10,7 @@ kernel has forgotten it and no handle is open.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -24,6 +26,8 @@ import pyfuse3
 import trio
 
 from fs.state import ROOT, Inode, NamespaceError, State
+from fs.store import Fetch
+from fs.tree import Chunks
 from mesh.errors import DaemonUnreachable, EltonError
 
 log = logging.getLogger("eltonfs")
@@ -63,6 +67,8 @@ class Handle:
     ino: int
     fd: int
     upper: bool
+    fetch: Fetch | None = None  # a lower file still arriving: reads wait for their bytes
+    size: int = 0  # a lower file's (immutable) size
 
 
 class Operations(pyfuse3.Operations):
@@ -141,7 +147,7 @@ class Operations(pyfuse3.Operations):
         for h in self.handles.values():  # readers of the lower copy move to the upper file
             if h.ino == node.ino and not h.upper:
                 os.close(h.fd)
-                h.fd, h.upper = os.open(self.state.upper_path(node.ino), os.O_RDWR), True
+                h.fd, h.upper, h.fetch = os.open(self.state.upper_path(node.ino), os.O_RDWR), True, None
 
     # -- names ------------------------------------------------------------------------------------
     @_errors
@@ -343,10 +349,10 @@ class Operations(pyfuse3.Operations):
         return None
 
     # -- files ------------------------------------------------------------------------------------
-    def _handle(self, ino: int, fd: int, upper: bool) -> pyfuse3.FileInfo:
+    def _handle(self, ino: int, fd: int, upper: bool, fetch: Fetch | None = None, size: int = 0) -> pyfuse3.FileInfo:
         fh = self._next_fh
         self._next_fh += 1
-        self.handles[fh] = Handle(ino, fd, upper)
+        self.handles[fh] = Handle(ino, fd, upper, fetch, size)
         self.opened[ino] += 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
@@ -366,11 +372,23 @@ class Operations(pyfuse3.Operations):
             return self._handle(inode, os.open(path, os.O_RDWR), True)
         if node.upper:
             return self._handle(inode, os.open(self.state.upper_path(inode), os.O_RDWR), True)
-        path = await trio.to_thread.run_sync(self.state.store.file_path, node.lower_chunks())
+        chunks = node.lower_chunks()
+        fd, fetch = await trio.to_thread.run_sync(self._open_lower, chunks)
         node = self.state.need(inode)  # it may have been copied up meanwhile
         if node.upper:
+            os.close(fd)
             return self._handle(inode, os.open(self.state.upper_path(inode), os.O_RDWR), True)
-        return self._handle(inode, os.open(path, os.O_RDONLY), False)
+        return self._handle(inode, fd, False, fetch, sum(n for _, n in chunks))
+
+    def _open_lower(self, chunks: Chunks) -> tuple[int, Fetch | None]:
+        """A descriptor of a lower file's cached copy, and its fetch if it is still arriving. The open
+        does not wait for the whole file, so reads start as soon as their bytes are there; it waits for
+        the first chunk only, so an unreachable daemon still fails the open, as a cached file never does."""
+        got = self.state.store.fetch(chunks)
+        if not isinstance(got, Fetch):
+            return os.open(got, os.O_RDONLY | os.O_CLOEXEC), None
+        got.wait(chunks[0][1] if chunks else 0)
+        return got.open_reader(), got
 
     @_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
@@ -380,9 +398,55 @@ class Operations(pyfuse3.Operations):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         return self._handle(ino, fd, True), self._entry(ino)
 
+    def read_ready(self, fh: int, off: int, size: int) -> bool:
+        """True when ``read`` would not wait (the bytes are in the cache, or the file is upper)."""
+        h = self.handles.get(fh)
+        return h is None or h.fetch is None or h.fetch.ready(off + size)
+
     @_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return os.pread(self.handles[fh].fd, size, off)
+        h = await self._readable(fh, off, size)
+        return os.pread(h.fd, size, off)
+
+    @_errors
+    async def read_span(self, fh: int, off: int, size: int) -> tuple[int, int] | None:
+        """For a lower file: its cached copy's descriptor and how many bytes from ``off`` to send, once
+        they are there (the session splices them to the kernel without copying them through Python);
+        None for an upper file (use ``read``)."""
+        h = await self._readable(fh, off, size)
+        if h.upper:
+            return None
+        return h.fd, max(0, min(size, h.size - off))
+
+    async def _readable(self, fh: int, off: int, size: int) -> Handle:
+        """The handle, once bytes [off, off + size) of a lower file still arriving are cached."""
+        h = self.handles[fh]
+        if h.fetch is not None:
+            await self._arrived(h.fetch, off + size)
+            if h.fetch is not None:  # else copied up meanwhile: the upper file answers
+                try:
+                    h.fetch.check(off + size)
+                except (EltonError, pyfuse3.FUSEError):
+                    raise
+                except Exception as exc:  # the fetch's own failure (a cut connection, a full disk): EIO
+                    log.error("read: the fetch of this lower file failed: %r", exc)
+                    raise pyfuse3.FUSEError(errno.EIO) from None
+                if h.fetch.done >= h.fetch.size:
+                    h.fetch = None
+        return h
+
+    async def _arrived(self, fetch: Fetch, end: int) -> None:
+        """Wait, without holding up other requests, until bytes [0, end) of a lower file are cached."""
+        if fetch.ready(end):
+            return
+        event, token = trio.Event(), trio.lowlevel.current_trio_token()
+
+        def wake() -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(event.set)
+
+        if fetch.on_ready(end, wake):
+            await event.wait()
 
     @_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:

@@ -4,14 +4,16 @@ libfuse 3.14 and pyfuse3 3.5 cannot negotiate FUSE_PASSTHROUGH, so this session 
 mount(2) and speaks the protocol directly, calling the same ``fs.fuse_ops.Operations`` pyfuse3
 would. An upper file is opened with FOPEN_PASSTHROUGH on its ``upper/<ino>`` file: the kernel then
 reads, writes and mmaps that file itself, at local speed, and commit sees every byte at once. A
-lower file (an immutable cached copy) is opened with keep_cache and read through this process, so
-a copy-up while it is open stays correct: the kernel forbids mixing passthrough and cached opens
+lower file (an immutable cached copy, perhaps still arriving) is opened with keep_cache and read
+through this process, its READs answered by splice(2) from the cached copy, so a copy-up while it
+is open stays correct: the kernel forbids mixing passthrough and cached opens
 of one inode, so an inode keeps the mode of its first open until its last handle is released.
 Needs CAP_SYS_ADMIN (mount, FUSE_DEV_IOC_BACKING_OPEN); ``fs.mount`` uses pyfuse3 otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -36,6 +38,8 @@ log = logging.getLogger("eltonfs")
 MAX_WRITE = 1 << 20
 BUFSIZE = MAX_WRITE + 64 * 1024
 READAHEAD_KB = 4096
+PIPE_SIZE = 2 << 20  # a 1 MiB reply spliced through the pipe takes up to 258 page slots
+PAGE = 4096
 MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -100,6 +104,9 @@ class Session:
         self.counts: Counter[int] = Counter()
         self._inval: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
         self._inval_thread: threading.Thread | None = None
+        self._pipe: tuple[int, int] | None = None  # (read end, write end): lower-file reads are spliced through it
+        self._pipe_pages = 0  # its size in page slots
+        self.spliced = 0  # READs answered by splice
         ops.readdir_reply = readdir_reply  # type: ignore[method-assign,assignment]
 
     # -- mount ------------------------------------------------------------------------------------
@@ -113,6 +120,27 @@ class Session:
             os.close(self.fd)
             raise OSError(err, f"mount {self.mountpoint}: {os.strerror(err)}")
         os.set_blocking(self.fd, False)
+        if os.environ.get("ELTONFS_SPLICE", "1") != "0":
+            self._pipe = self._open_pipe()
+            if self._pipe is not None:
+                self._pipe_pages = fcntl.fcntl(self._pipe[1], fcntl.F_GETPIPE_SZ) // PAGE
+
+    @staticmethod
+    def _open_pipe() -> tuple[int, int] | None:
+        """The pipe that carries lower-file replies from the page cache to /dev/fuse (see ``_splice_reply``):
+        2 MiB when allowed (CAP_SYS_RESOURCE), else the system's maximum; ``init`` then keeps READs small
+        enough for a reply to fit."""
+        r, wr = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        for size in (PIPE_SIZE, PIPE_SIZE // 2):
+            try:
+                fcntl.fcntl(wr, fcntl.F_SETPIPE_SZ, size)
+                return r, wr
+            except OSError as exc:
+                err = exc
+        log.info("lower-file reads are copied, not spliced: no pipe of %d bytes (%s)", PIPE_SIZE // 2, err)
+        os.close(r)
+        os.close(wr)
+        return None
 
     def close(self) -> None:
         """Detach the mount (if still there) and drop the connection."""
@@ -122,13 +150,17 @@ class Session:
             _libc.umount2(str(self.mountpoint).encode(), MNT_DETACH)
         os.close(self.fd)
         self.fd = -1
+        if self._pipe is not None:
+            for end in self._pipe:
+                os.close(end)
+            self._pipe = None
         if self._inval_thread is not None:
             self._inval.put(None)
 
     def stats(self) -> dict[str, Any]:
         """What `eltonfs` info reports: the engine and how many reads and writes came through us."""
         return {"engine": "session", "passthrough": self.passthrough, "reads": self.counts[w.READ],
-                "writes": self.counts[w.WRITE], "requests": sum(self.counts.values())}
+                "writes": self.counts[w.WRITE], "spliced_reads": self.spliced, "requests": sum(self.counts.values())}
 
     # -- notifications ----------------------------------------------------------------------------
     def invalidate_entry(self, parent: int, name: bytes) -> None:
@@ -167,7 +199,8 @@ class Session:
                     raise
                 h = w.parse_header(buf)
                 self.counts[h.opcode] += 1
-                if h.opcode in (w.OPEN, w.CREATE):  # may wait for the daemon (a lower file's fetch)
+                if h.opcode in (w.OPEN, w.CREATE) or (h.opcode == w.READ and not self._read_ready(buf)):
+                    # may wait for the daemon (a lower file's fetch): the other requests go on meanwhile
                     nursery.start_soon(self._dispatch, h, bytes(buf[:n]))
                 elif h.opcode == w.DESTROY:
                     self._send(w.reply(h.unique))
@@ -177,6 +210,11 @@ class Session:
                     if h.opcode == w.INIT:  # the kernel has applied the reply: now readahead may grow
                         self._raise_readahead()
             nursery.cancel_scope.cancel()
+
+    def _read_ready(self, buf: bytearray) -> bool:
+        """True when a READ can be answered at once (its bytes are cached), so it is served inline."""
+        fh, off, size, *_ = w.READ_IN.unpack_from(buf, w.IN_HEADER.size)
+        return self.ops.read_ready(fh, off, size)
 
     def _raise_readahead(self) -> None:
         """Let the kernel read ahead READAHEAD_KB of a file read through us (a lower file), so a
@@ -212,7 +250,8 @@ class Session:
         except Exception:
             log.exception("FUSE opcode %d failed", h.opcode)
             parts = w.reply(h.unique, error=errno.EIO)
-        self._send(parts)
+        if parts is not None:  # None: the handler has replied itself
+            self._send(parts)
 
     # -- handlers ---------------------------------------------------------------------------------
     def ctx(self, h: w.Header, umask: int = 0) -> Ctx:
@@ -231,7 +270,9 @@ class Session:
         flags = want & offered
         self.passthrough = self.negotiated = bool(flags & w.PASSTHROUGH)
         log.info("FUSE %d.%d, passthrough %s", major, minor, "on" if self.passthrough else "off")
-        return w.reply(h.unique, w.pack_init_out(flags, readahead, MAX_WRITE, MAX_WRITE // 4096,
+        # a spliced READ reply is a header page and the data's pages, all in the pipe at once
+        max_pages = min(MAX_WRITE // PAGE, self._pipe_pages - 1) if self._pipe is not None else MAX_WRITE // PAGE
+        return w.reply(h.unique, w.pack_init_out(flags, readahead, MAX_WRITE, max_pages,
                                                  1 if self.passthrough else 0))
 
     async def lookup(self, h: w.Header, body: memoryview) -> list[bytes]:
@@ -362,9 +403,55 @@ class Session:
         fi, attr = await self.ops.create(h.nodeid, name, mode, flags, self.ctx(h, umask))
         return w.reply(h.unique, w.pack_entry(attr), self._open_reply(fi))
 
-    async def read(self, h: w.Header, body: memoryview) -> list[bytes]:
+    async def read(self, h: w.Header, body: memoryview) -> list[bytes] | None:
         fh, off, size, *_ = w.READ_IN.unpack_from(body)
+        if self._pipe is not None:
+            span = await self.ops.read_span(fh, off, size)
+            if span is not None and span[1] > 0 and self._splice_reply(h.unique, span[0], off, span[1]):
+                return None
         return w.reply(h.unique, await self.ops.read(fh, off, size))
+
+    def _splice_reply(self, unique: int, fd: int, off: int, n: int) -> bool:
+        """Answer a READ with ``n`` bytes of ``fd`` from ``off`` moved by splice(2): the cached file's pages
+        go into the pipe by reference and the kernel copies them once, into the FUSE file's page cache,
+        instead of a pread into a new bytes object and a writev out of it. False (nothing sent, the
+        caller replies by copying) when the pipe cannot take the reply."""
+        assert self._pipe is not None
+        r, wr = self._pipe
+        if 1 + (off % PAGE + n + PAGE - 1) // PAGE > self._pipe_pages:
+            return False
+        size = w.OUT_HEADER.size + n
+        try:
+            os.write(wr, w.OUT_HEADER.pack(size, 0, unique))
+            moved = 0
+            while moved < n:
+                k = os.splice(fd, wr, n - moved, offset_src=off + moved, flags=os.SPLICE_F_NONBLOCK)
+                if k <= 0:
+                    raise OSError(errno.EIO, "the cached file ended early")
+                moved += k
+        except OSError as exc:
+            log.debug("splice of a read refused (%s): copied instead", exc)
+            self._drain_pipe()
+            return False
+        try:
+            os.splice(r, self.fd, size)
+        except OSError as exc:
+            self._drain_pipe()
+            if exc.errno == errno.ENOENT:  # the request was interrupted meanwhile
+                return True
+            log.warning("lower-file reads are copied from now on: /dev/fuse refused a spliced reply (%s)", exc)
+            for end in self._pipe:
+                os.close(end)
+            self._pipe = None
+            return False
+        self.spliced += 1
+        return True
+
+    def _drain_pipe(self) -> None:
+        assert self._pipe is not None
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._pipe[0], PIPE_SIZE):
+                pass
 
     async def write(self, h: w.Header, body: memoryview) -> list[bytes]:
         fh, off, size, flags, *_ = w.WRITE_IN.unpack_from(body)

@@ -78,6 +78,7 @@ class Mount:
                              f"{self.state.get_meta('base_version')}; mount without @N and run "
                              f"`eltonfs update {self.mountpoint} --to {version}`")
         self.state.cleanup_orphans()
+        self.store.remove_stale_partials()
         self.ops = Operations(self.state)
         self.volume = Volume(self.state, self.store, self.client, self.ops.unused, self._invalidate)
         self.options = {"fsname=eltonfs", "subtype=eltonfs", "default_permissions", "allow_other", *options}

@@ -8,9 +8,12 @@ One keep-alive connection per thread. Every download is verified: each chunk by 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import http.client
+import ipaddress
 import json
 import os
+import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +28,7 @@ from mesh.errors import CorruptChunk, DaemonUnreachable, InvalidRequest, from_js
 
 DEFAULT_URL = "http://127.0.0.1:7420"
 BLOCK = 1024 * 1024
+SPLICE_PIPE = 1024 * 1024  # the pipe a splice'd chunk stream goes through (the unprivileged maximum)
 IDLE_REUSE_SECONDS = 2.0  # a kept-alive connection idle longer is not trusted with a non-idempotent request
 Progress = Callable[[int], None]
 
@@ -88,6 +92,15 @@ class Client:
         self._port = parts.port or 80
         self.timeout = timeout
         self._local = threading.local()
+
+    @property
+    def is_local(self) -> bool:
+        """True when the daemon listens on a loopback address: it is on this host, and what it streams
+        arrives as it sent it (it has checked each chunk's hash before)."""
+        try:
+            return ipaddress.ip_address(self._host).is_loopback
+        except ValueError:
+            return self._host == "localhost"
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _conn(self, fresh_if_idle: bool = False) -> http.client.HTTPConnection:
@@ -296,11 +309,14 @@ class Client:
             for view in views:
                 yield bytes(view)
 
-    def stream_chunks_into(self, chunks: list[tuple[str, int]], buffers: list[bytearray]) -> Iterator[memoryview]:
+    def stream_chunks_into(self, chunks: list[tuple[str, int]], buffers: list[bytearray],
+                           verify: bool = True) -> Iterator[memoryview]:
         """``stream_chunks`` without a new bytes object per chunk: chunk i is read into
         ``buffers[i % len(buffers)]`` (each as large as the largest chunk) and verified there; its view
         stays valid until ``len(buffers)`` more chunks were asked for. Large fetches then touch no new
-        memory, which on a busy VM costs more than the network."""
+        memory, which on a busy VM costs more than the network. ``verify=False`` skips the hash check
+        (the daemon checks every chunk it streams; a caller on its host may rely on that: see
+        ``is_local``); a short chunk is still an error."""
         body = json.dumps({"chunks": [[h, n] for h, n in chunks]}).encode()
         resp = self.open("POST", "/v1/chunks/stream", body, {"Content-Type": "application/json"}, retry=True)
         try:
@@ -309,12 +325,56 @@ class Client:
                 got = 0
                 while got < n and (r := resp.readinto(view[got:])):
                     got += r
-                if got != n or chunk_hash(view) != h:
+                if got != n or (verify and chunk_hash(view) != h):
                     self._drop_connection()
                     raise CorruptChunk(f"chunk {h} arrived short or with other content")
                 yield view
         finally:
             if resp.length:  # left before the end: the rest of the body would poison the connection
+                self._drop_connection()
+            resp.close()
+
+    def stream_chunks_to_fd(self, chunks: list[tuple[str, int]], fd: int, progress: Progress) -> None:
+        """Write the chunks' bytes in order to ``fd`` from offset 0 by splice(2), socket to pipe to file
+        inside the kernel: no copy through Python, no second thread. Not hashed here: for a daemon on
+        this host (``is_local``), which checks every chunk it streams; a short stream is an error.
+        ``progress(n)`` follows every ``n`` bytes written, so a reader may use the prefix at once."""
+        total = sum(n for _, n in chunks)
+        body = json.dumps({"chunks": [[h, n] for h, n in chunks]}).encode()
+        resp = self.open("POST", "/v1/chunks/stream", body, {"Content-Type": "application/json"}, retry=True)
+        r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        ok = False
+        try:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, SPLICE_PIPE)
+            room = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+            head = resp.fp.peek(1)[:total] if total else b""  # what the response's buffer read already
+            pos = os.pwrite(fd, resp.fp.read(len(head)), 0) if head else 0
+            if pos:
+                progress(pos)
+            sock = self._local.conn.sock
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            while pos < total:
+                try:
+                    k = os.splice(sock.fileno(), w, min(room, total - pos), flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+                except BlockingIOError:
+                    if not poller.poll(self.timeout * 1000):
+                        raise DaemonUnreachable(f"{self.base_url}: no data for {self.timeout:.0f} s") from None
+                    continue
+                if k == 0:
+                    raise CorruptChunk(f"chunk stream ended after {pos} of {total} bytes")
+                while k:
+                    n = os.splice(r, fd, k, offset_dst=pos, flags=os.SPLICE_F_MOVE)
+                    pos, k = pos + n, k - n
+                    progress(n)
+            ok = True
+        finally:
+            os.close(r)
+            os.close(w)
+            if ok:
+                resp.length = 0  # every byte was taken from the socket: the connection may be reused
+            else:
                 self._drop_connection()
             resp.close()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from tests.harness.cold import chunk_hashes, cold_reader  # noqa: E402
+from tests.harness.cold import chunk_hashes, cold_reader, eltonfs_cold_read  # noqa: E402
 from tests.harness.netns import Harness, rate_to_bits  # noqa: E402
 from tests.harness.test_mesh import converged  # noqa: E402
 
@@ -67,48 +67,6 @@ def thesis_bytes(h: Harness, writer: Path) -> dict[str, int]:
     return {"elton": elton, "central": central}
 
 
-def eltonfs_cold_read(h: Harness, writer: Path, size_mib: int) -> dict[str, float]:
-    """A file committed through eltonfs on c1h2, read cold through a fresh mount on a host of the
-    cluster that holds none of its chunks, next to a cold GET on that host of a fresh version of the
-    same size (that host's fetch throughput)."""
-    import shutil
-    import subprocess
-    import time
-
-    def efs(host: str, *a: str) -> None:
-        r = subprocess.run(["nsenter", f"--net=/var/run/netns/{h.netns_of(host)}", str(h.venv / "bin" / "eltonfs"),
-                            *a], capture_output=True, text=True, timeout=900)
-        if r.returncode != 0:
-            raise SystemExit(f"eltonfs {' '.join(a)} on {host}: {r.stderr}")
-
-    base = Path(tempfile.mkdtemp(prefix="elton-fetch-efs-", dir=h.dir))  # removed with the harness
-    a, b = base / "a", base / "b"
-    a.mkdir()
-    b.mkdir()
-    efs("c1h2", "init", "bench/vol", "--host", "http://127.0.0.1:7420")
-    efs("c1h2", "mount", "bench/vol", str(a), "--cache-dir", str(base / "ca"))
-    try:
-        shutil.copyfile(writer / "wan.bin", a / "file.bin")
-        efs("c1h2", "commit", str(a), "-m", "bench")
-    finally:
-        efs("c1h2", "umount", str(a))
-    reader = cold_reader(h, chunk_hashes(writer / "wan.bin"), ("c1h3", "c1h1"))  # not the commit's copy
-    efs(reader, "mount", "bench/vol", str(b), "--cache-dir", str(base / "cb"))
-    try:
-        t = time.perf_counter()
-        with open(b / "file.bin", "rb") as f:
-            while f.read(1 << 20):
-                pass
-        through = (size_mib << 20) / (time.perf_counter() - t)
-    finally:
-        efs(reader, "umount", str(b))
-    (writer / "same.bin").write_bytes(os.urandom(size_mib << 20))
-    out = h.exec("c1h2", [str(h.venv / "bin" / "elton"), "put", "bench/same", str(writer / "same.bin")], timeout=600)
-    version = int(out.stdout.strip().rsplit("@", 1)[1])
-    fetch = get(h, cold_reader(h, chunk_hashes(writer / "same.bin"), (reader, "c1h3", "c1h1")), "bench/same", version)
-    return {"eltonfs": through, "fetch": fetch}
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024)
@@ -136,7 +94,8 @@ def main() -> int:
             res["warm"].append(get(h, "c2h2", "bench/wan", w))
             print({k: f"{x[-1] / 1e6:.0f} MB/s" for k, x in res.items()}, file=sys.stderr)
         thesis = thesis_bytes(h, writer)
-        efs = eltonfs_cold_read(h, writer, args.wan_size_mib)
+        efs = eltonfs_cold_read(h, "bench/vol", Path(tempfile.mkdtemp(prefix="elton-fetch-efs-", dir=h.dir)),
+                                args.wan_size_mib, "efs")
     med = {k: statistics.median(x) for k, x in res.items()}
     link = rate_to_bits(args.wan_rate) / 8
     report = {"median_bytes_per_s": med, "all": res, "wan_rate_bytes_per_s": link, "thesis": thesis,

@@ -176,65 +176,24 @@ def read_whole(path: Path) -> float:
     return path.stat().st_size / (time.perf_counter() - t)
 
 
-def remote_cold_read(rounds: int, mib: int, work: Path) -> dict[str, float]:
+def remote_cold_read(rounds: int, mib: int, work: Path, profile: Path | None = None) -> dict[str, float]:
     """Medians of ``rounds``: a committed file read cold through eltonfs on another host, and that
-    host's fetch (GET) of a fresh version of the same size; each round uses new content."""
-    from tests.harness.cold import chunk_hashes, cold_reader
+    host's fetch (GET) of a fresh version of the same size; each round uses new content (the round
+    itself is ``tests.harness.cold.eltonfs_cold_read``, which ``scripts/bench/fetch`` runs too)."""
+    from tests.harness.cold import eltonfs_cold_read
     from tests.harness.netns import Harness
     from tests.harness.test_mesh import converged
-
-    def efs(h: Harness, host: str, *a: str | Path) -> None:
-        r = subprocess.run(["nsenter", f"--net=/var/run/netns/{h.netns_of(host)}", str(VENV_BIN / "eltonfs"),
-                            *map(str, a)], capture_output=True, text=True, timeout=900)
-        if r.returncode != 0:
-            raise RuntimeError(f"eltonfs {' '.join(map(str, a))} on {host}: {r.stderr}")
 
     through: list[float] = []
     fetch: list[float] = []
     with Harness(work / "mesh", clusters=1, hosts=3, health_timeout=60) as h:
         converged(h)
-        writer = Path(h.host("c1h2").data_dir)
-        efs(h, "c1h2", "init", "bench/remote", "--host", "http://127.0.0.1:7420")
         for i in range(rounds):
-            a, b = work / f"remote-a{i}", work / f"remote-b{i}"
-            a.mkdir()
-            b.mkdir()
-            content = work / "remote-content.bin"
-            sh("dd", "if=/dev/urandom", f"of={content}", "bs=1M", f"count={mib}")
-            efs(h, "c1h2", "mount", "bench/remote", a, "--cache-dir", work / f"remote-ca{i}")
-            try:
-                shutil.copyfile(content, a / f"f{i}.bin")
-                efs(h, "c1h2", "commit", a, "-m", f"round {i}")
-            finally:
-                efs(h, "c1h2", "umount", a)
-            shutil.rmtree(work / f"remote-ca{i}", ignore_errors=True)
-            # a host holding none of its chunks (the commit put a copy on one of the two others)
-            reader = cold_reader(h, chunk_hashes(content), ("c1h3", "c1h1"))
-            content.unlink()
-            efs(h, reader, "mount", "bench/remote", b, "--cache-dir", work / f"remote-cb{i}")
-            try:
-                drop_caches()
-                # timed from outside: dd's own clock starts after its open(), and the open is the fetch
-                t = time.perf_counter()
-                sh("dd", f"if={b / f'f{i}.bin'}", "of=/dev/null", "bs=1M")
-                through.append((mib << 20) / (time.perf_counter() - t))
-            finally:
-                efs(h, reader, "umount", b)
-            shutil.rmtree(work / f"remote-cb{i}", ignore_errors=True)
-            src = writer / "remote-get.bin"
-            sh("dd", "if=/dev/urandom", f"of={src}", "bs=1M", f"count={mib}")
-            put = h.exec("c1h2", [str(VENV_BIN / "elton"), "put", "bench/remote-get", str(src)], timeout=900)
-            version = int(put.stdout.strip().rsplit("@", 1)[1])
-            getter = cold_reader(h, chunk_hashes(src), (reader, "c1h3", "c1h1"))  # a fetch, not a local read
-            src.unlink()
-            drop_caches()
-            got = h.exec(getter, ["curl", "-sS", "-f", "-o", "/dev/null", "-w", "%{speed_download}",
-                                  f"http://127.0.0.1:7420/v1/keys/bench/remote-get?version={version}"], timeout=900)
-            if got.returncode != 0:
-                raise RuntimeError(f"GET on {getter}: {got.stderr}")
-            fetch.append(float(got.stdout))
-            print(f"remote round {i}: eltonfs cold {through[-1] / MB:.0f} MB/s, GET {fetch[-1] / MB:.0f} MB/s",
-                  file=sys.stderr)
+            r = eltonfs_cold_read(h, "bench/remote", work, mib, f"r{i}", profile)
+            through.append(float(r["eltonfs"]))
+            fetch.append(float(r["fetch"]))
+            print(f"remote round {i}: eltonfs cold {through[-1] / MB:.0f} MB/s, GET {fetch[-1] / MB:.0f} MB/s "
+                  f"(read on {r['reader']})", file=sys.stderr)
     return {"eltonfs_cold_read": statistics.median(through), "host_fetch_get": statistics.median(fetch)}
 
 
@@ -249,6 +208,8 @@ def main() -> int:
     ap.add_argument("--no-bonnie", action="store_true")
     ap.add_argument("--targets", default="local,eltonfs,glusterfs,remote")
     ap.add_argument("--remote-mib", type=int, default=1024, help="size of the file read cold on another host")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="remote: py-spy the mount during each cold read; stacks and mount logs go to this directory")
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "fs.json")
     args = ap.parse_args()
@@ -298,7 +259,7 @@ def main() -> int:
         if "glusterfs" in targets:
             measure("glusterfs", gluster.up())
         if "remote" in targets:
-            results["remote"] = remote_cold_read(args.rounds, args.remote_mib, work)
+            results["remote"] = remote_cold_read(args.rounds, args.remote_mib, work, args.profile)
     finally:
         elton.down()
         gluster.down()

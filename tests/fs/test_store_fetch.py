@@ -1,8 +1,10 @@
-"""A lower file's fetch into the cache: one fetch for concurrent readers, whole and renamed when returned."""
+"""A lower file's fetch into the cache: one fetch for concurrent readers, whole and renamed when returned;
+partial files of dead fetches are removed."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from pathlib import Path
 
@@ -28,3 +30,24 @@ def test_concurrent_file_path_calls_share_one_complete_fetch(tmp_path: Path, nod
     assert got[0].read_bytes() == src.read_bytes()
     assert os.listdir(got[0].parent) == [got[0].name], "no temporary file is left beside it"
     assert reader.file_path(()).read_bytes() == b""
+
+
+def test_partial_files_of_dead_fetches_are_removed_and_never_served(tmp_path: Path, node: EltondProcess) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(3_000_000))
+    writer = Store(node.client(), tmp_path / "writer")
+    chunks = writer.cut_file(src, upload=True)
+    writer.flush()
+    reader = Store(node.client(), tmp_path / "reader")
+    final = reader.file_path(chunks)
+    final.unlink()  # as if the mount had died while fetching it: only a partial file is left
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    partial = final.with_name(f".{final.name}.{dead.pid}.1.tmp")
+    partial.write_bytes(src.read_bytes()[:1000] + bytes(3_000_000 - 1000))  # full size, mostly not there
+    alive = final.with_name(f".{final.name}.{os.getppid()}.1.tmp")
+    alive.write_bytes(b"")
+    assert reader.remove_stale_partials() == 1
+    assert not partial.exists() and alive.exists()
+    assert reader.file_path(chunks).read_bytes() == src.read_bytes()  # fetched again, never from a partial file
+    alive.unlink()

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from mesh.client import Client
 from mesh.core.manifest import chunk_hash
 from mesh.errors import ChunkMissing, Conflict, InvalidKey, InvalidRequest, KeyNotFound, VersionNotFound
 from mesh.store.chunker import chunk_bytes
@@ -249,3 +250,34 @@ def test_chunk_stream_returns_chunks_in_order_and_refuses_bad_lists(shared_elton
     resp, body = raw(shared_eltond, "POST", "/v1/chunks/stream", json.dumps({"chunks": [[missing, 15]]}).encode(),
                      {"Content-Type": "application/json"})
     assert resp.status == 404
+
+
+def test_chunk_stream_into_buffers_unverified_from_a_local_daemon(shared_eltond):
+    c = shared_eltond.client()
+    assert c.is_local  # 127.0.0.1: eltonfs skips its second hash check of what this daemon streams
+    assert Client("http://localhost:1").is_local and Client("http://[::1]:1").is_local
+    assert not Client("http://10.0.0.2:7420").is_local and not Client("http://example.org").is_local
+    data = random.Random(6).randbytes(3 * 1024 * 1024)
+    m = c.put("stream/unverified", data)
+    refs = [(ch["hash"], ch["size"]) for ch in c.manifest("stream/unverified", m["version"])["chunks"]]
+    buffers = [bytearray(max(n for _, n in refs)) for _ in range(2)]
+    assert b"".join(bytes(v) for v in c.stream_chunks_into(refs, buffers, verify=False)) == data
+
+
+def test_chunk_stream_spliced_into_a_file_keeps_the_connection(shared_eltond, tmp_path):
+    c = shared_eltond.client()
+    data = random.Random(7).randbytes(6 * 1024 * 1024)
+    m = c.put("stream/spliced", data)
+    refs = [(ch["hash"], ch["size"]) for ch in c.manifest("stream/spliced", m["version"])["chunks"]]
+    steps: list[int] = []
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    try:
+        c.stream_chunks_to_fd(refs, fd, steps.append)
+        conn = c._local.conn
+        c.stream_chunks_to_fd(refs[:1], fd, steps.append)  # the same connection, left clean
+        assert c._local.conn is conn
+    finally:
+        os.close(fd)
+    assert sum(steps) == len(data) + refs[0][1]
+    assert (tmp_path / "out").read_bytes() == data
+    assert c.read("stream/spliced") == data
