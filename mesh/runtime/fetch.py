@@ -77,7 +77,7 @@ from mesh.runtime.holders import MASTER_ROLES, HolderService
 from mesh.runtime.issuance import IssuerService
 from mesh.runtime.metrics import FetchMetrics
 from mesh.runtime.repository import Repository
-from mesh.runtime.transfer import Transfer, transfer_pool
+from mesh.runtime.transfer import Transfer, carry
 
 log = logging.getLogger("elton.fetch")
 
@@ -340,7 +340,6 @@ class _Read:
         self.to_master: asyncio.Queue[Any] = asyncio.Queue()
         self.inflight: dict[int, _Batch] = {}  # request id -> the batch carrying it
         self.waiting: dict[str, list[Request]] = {}  # holder -> requests not sent yet (``_request``)
-        self.flying: dict[str, int] = {}  # holder -> chunks asked of it and not answered yet
         self.drain_soon = False
         self.told: dict[str, set[str]] = {h: set() for h in self.hashes}
         self.need: set[str] = set()
@@ -487,16 +486,14 @@ class _Read:
             self.out.put_nowait(item)
 
     async def _do(self, e: Effect) -> None:
-        if isinstance(e, Request):
-            self._request([e])
-        elif isinstance(e, Cancel):
+        if isinstance(e, Cancel):  # (requests are taken by _work, in batches)
             for node, queue in list(self.waiting.items()):  # not sent yet: dropped
                 self.waiting[node] = [req for req in queue if req.request_id != e.request_id]
             batch = self.inflight.get(e.request_id)
             if batch is not None:
                 self._landed(e.request_id, batch)
-                if not batch.left:  # nothing of it is wanted any more
-                    batch.task.cancel()
+                if not any(self.inflight.get(req.request_id) is batch for req in batch.reqs):
+                    batch.task.cancel()  # nothing of it is wanted any more
         elif isinstance(e, ToMaster):
             msg = e.message
             if isinstance(msg, WanDone):
@@ -557,12 +554,11 @@ class _Read:
 
     def _send(self, node: str) -> None:
         queue = self.waiting.get(node)
-        while queue and (len(queue) >= MAX_BATCH or self.flying.get(node, 0) <= MAX_BATCH):
+        while queue and (len(queue) >= MAX_BATCH or self._flying(node) <= MAX_BATCH):
             batch = _Batch(queue[:MAX_BATCH])
             del queue[:MAX_BATCH]
             for req in batch.reqs:
                 self.inflight[req.request_id] = batch
-            self.flying[node] = self.flying.get(node, 0) + len(batch.reqs)
             batch.task = self._spawn(self._transfer(batch))
         if not queue:
             self.waiting.pop(node, None)
@@ -578,33 +574,21 @@ class _Read:
             return
         transfer = Transfer(self.r.gossip, member.gossip, holder.node, [req.ref.hash for req in batch.reqs],
                             encrypt=holder.cluster != self.r.local.cluster)
-
-        def on_chunk(i: int, _h: str, data: bytes | None, digest: str | None) -> None:  # a transfer thread
-            with contextlib.suppress(RuntimeError):  # the loop is gone: the daemon is stopping
-                self.loop.call_soon_threadsafe(self._arrived, batch.reqs[i], data, digest, "missing")
-
-        done = self.loop.run_in_executor(transfer_pool(), transfer.run, on_chunk)
-        failed = False
         try:
-            await asyncio.shield(done)
-        except asyncio.CancelledError:
-            transfer.abort()
-            raise
+            await carry(transfer, lambda i, _h, data, digest: self._arrived(batch.reqs[i], data, digest, "missing"))
         except (*NET_ERRORS, EltonError) as exc:
             log.debug("chunks from %s failed: %s", holder.node[:12], exc)
-            failed = True
-        if failed or batch.left:  # what did not arrive (the chunks' results came before the end)
-            for req in batch.reqs:
-                self._arrived(req, None, None, "error")
+        for req in batch.reqs:  # what did not arrive (the chunks that did came before the end)
+            self._arrived(req, None, None, "error")
+
+    def _flying(self, node: str) -> int:
+        """Chunks asked of ``node`` and not answered yet."""
+        return sum(batch.reqs[0].holder.node == node for batch in self.inflight.values())
 
     def _landed(self, request_id: int, batch: _Batch) -> None:
         """A request of ``batch`` is answered or cancelled: one chunk less in flight from its holder."""
         del self.inflight[request_id]
-        batch.left.discard(request_id)
         node = batch.reqs[0].holder.node
-        self.flying[node] -= 1
-        if not self.flying[node]:
-            del self.flying[node]
         if node in self.waiting and not self.closed:
             self._send(node)
 
@@ -672,9 +656,8 @@ class _Read:
 
 
 class _Batch:
-    """Requests carried by one transfer to one holder; ``left``: those still waiting for a result."""
+    """Requests carried by one transfer to one holder; those still in ``_Read.inflight`` wait for a result."""
 
     def __init__(self, reqs: list[Request]) -> None:
         self.reqs = reqs
-        self.left = {req.request_id for req in reqs}
         self.task: asyncio.Task[None] = None  # type: ignore[assignment]  # set right after

@@ -384,33 +384,50 @@ class Transfer:
 _END = object()
 
 
+async def carry(transfer: Transfer, on_chunk: OnChunk) -> None:
+    """Run ``transfer`` on a transfer thread. ``on_chunk`` is called on this event loop for each chunk,
+    in order, and every call comes before this returns (or raises the thread's error): both reach the
+    loop through its queue of callbacks. Cancelled, it stops the thread."""
+    loop = asyncio.get_running_loop()
+
+    def in_thread(i: int, h: str, data: bytes | None, digest: str | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the process is stopping
+            loop.call_soon_threadsafe(on_chunk, i, h, data, digest)
+
+    done = loop.run_in_executor(transfer_pool(), transfer.run, in_thread)
+    try:
+        await asyncio.shield(done)
+    except asyncio.CancelledError:
+        transfer.abort()
+        raise
+
+
 async def fetch_chunks(gossip: GossipService, addr: tuple[str, int], holder: str, hashes: list[str], *,
                        encrypt: bool, timeout: float = STREAM_TIMEOUT) -> AsyncIterator[tuple[str, bytes | None]]:
-    """Ask ``holder`` at ``addr`` for chunks; yield (hash, bytes) in order, bytes None when it lacks one.
+    """Ask ``holder`` at ``addr`` for chunks; yield (hash, bytes) in order, bytes None when it lacks one
+    or sent other bytes (checked against the hash by the transfer thread, which hashed them anyway).
 
-    The bytes are NOT yet verified: the caller checks each against its hash before using it. The
-    connection is kept for the next request to the same holder when the holder agrees; a kept one
+    The connection is kept for the next request to the same holder when the holder agrees; a kept one
     the holder closed meanwhile is replaced by a new connection once, before anything was yielded.
     """
     transfer = Transfer(gossip, addr, holder, hashes, encrypt=encrypt, timeout=timeout)
-    loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
-    def on_chunk(_i: int, h: str, data: bytes | None, _digest: str | None) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, (h, data))
+    def on_chunk(_i: int, h: str, data: bytes | None, digest: str | None) -> None:
+        queue.put_nowait((h, data if digest == h else None))
 
-    done = loop.run_in_executor(transfer_pool(), transfer.run, on_chunk)
-    done.add_done_callback(lambda _f: queue.put_nowait(_END))  # after every chunk: both come in order
+    carrying = asyncio.ensure_future(carry(transfer, on_chunk))
+    carrying.add_done_callback(lambda _t: queue.put_nowait(_END))  # after every chunk
     try:
         for _ in hashes:
             item = await queue.get()
             if item is _END:
-                await done  # the thread's error
+                await carrying  # the thread's error
                 raise ProtocolError("truncated", f"holder {holder[:12]} ended the transfer early")
             yield item
-        await done
+        await carrying
     finally:
-        if not done.done():
-            transfer.abort()
+        if not carrying.done():
+            carrying.cancel()
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.shield(done)
+                await carrying
