@@ -248,17 +248,18 @@ class Repository:
         if len(pairs) <= MAX_RECORDED_CHECK:  # a small commit asks which are recorded (one indexed read)
             recorded = self.meta.has_chunks(list(hashes)) if pairs else set()
             new = [p for p in pairs if p[0] not in recorded]
+        async def record() -> None:
+            await self.meta.write(record_chunks(new))
+            self._stored(new)
+
         steps: list[Awaitable[object]] = []
         if self.chunks.dirs_to_sync(hashes):
             steps.append(self._in_thread(self.chunks.sync_dirs, hashes))
-        recording = self.meta.write(record_chunks(new)) if new else None
-        if recording is not None:
-            steps.append(recording)
+        if new:
+            steps.append(record())
         if self.before_issue is not None and (refs or durable):
             steps.append(self.before_issue(_unique([*refs, *durable])))
         results = await asyncio.gather(*steps, return_exceptions=True)
-        if recording is not None and not isinstance(results[steps.index(recording)], BaseException):
-            self._stored(new)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
