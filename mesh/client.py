@@ -309,6 +309,10 @@ class Client:
             for view in views:
                 yield bytes(view)
 
+    def _chunk_stream(self, chunks: list[tuple[str, int]]) -> http.client.HTTPResponse:
+        body = json.dumps({"chunks": [[h, n] for h, n in chunks]}).encode()
+        return self.open("POST", "/v1/chunks/stream", body, {"Content-Type": "application/json"}, retry=True)
+
     def stream_chunks_into(self, chunks: list[tuple[str, int]], buffers: list[bytearray],
                            verify: bool = True) -> Iterator[memoryview]:
         """``stream_chunks`` without a new bytes object per chunk: chunk i is read into
@@ -317,8 +321,7 @@ class Client:
         memory, which on a busy VM costs more than the network. ``verify=False`` skips the hash check
         (the daemon checks every chunk it streams; a caller on its host may rely on that: see
         ``is_local``); a short chunk is still an error."""
-        body = json.dumps({"chunks": [[h, n] for h, n in chunks]}).encode()
-        resp = self.open("POST", "/v1/chunks/stream", body, {"Content-Type": "application/json"}, retry=True)
+        resp = self._chunk_stream(chunks)
         try:
             for i, (h, n) in enumerate(chunks):
                 view = memoryview(buffers[i % len(buffers)])[:n]
@@ -340,8 +343,7 @@ class Client:
         this host (``is_local``), which checks every chunk it streams; a short stream is an error.
         ``progress(n)`` follows every ``n`` bytes written, so a reader may use the prefix at once."""
         total = sum(n for _, n in chunks)
-        body = json.dumps({"chunks": [[h, n] for h, n in chunks]}).encode()
-        resp = self.open("POST", "/v1/chunks/stream", body, {"Content-Type": "application/json"}, retry=True)
+        resp = self._chunk_stream(chunks)
         r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         ok = False
         try:
