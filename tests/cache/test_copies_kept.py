@@ -8,17 +8,15 @@ import os
 
 from mesh.core.manifest import chunk_hash
 from mesh.runtime.durability import ChunkReplicator
-from tests.durability.test_copies import body, cluster_of
-from tests.membership.runtime_helpers import close_all
+from tests.durability.test_copies import body, running
 
 K = 64 * 1024
 
 
 def test_replica_chunks_are_kept_and_a_cached_copy_asked_for_becomes_kept(tmp_path):
     async def run() -> None:
-        hosts = await cluster_of(tmp_path, [("a", "both"), ("a", "node")])
-        (ga, ra), (gb, rb) = hosts
-        try:
+        async with running(tmp_path, [("a", "both"), ("a", "node")]) as hosts:
+            (ga, ra), (gb, rb) = hosts
             ra.before_issue = ChunkReplicator(ga, ra, copies=2, scope="cluster").ensure
             ChunkReplicator(gb, rb, copies=2, scope="cluster")
             rb.cache.set_quota(4 * K)
@@ -42,9 +40,5 @@ def test_replica_chunks_are_kept_and_a_cached_copy_asked_for_becomes_kept(tmp_pa
             assert rb.meta.has_chunks(replica) == set(replica)
             assert not rb.meta.reader.execute(
                 f"SELECT 1 FROM cache_chunks WHERE hash IN ({','.join('?' * len(replica))})", replica).fetchall()
-        finally:
-            await close_all([g for g, _ in hosts])
-            for _, r in hosts:
-                r.close()
 
     asyncio.run(run())

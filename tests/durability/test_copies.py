@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,18 @@ async def cluster_of(tmp: Path, layout: list[tuple[str, str]]) -> list[tuple[Gos
     return hosts
 
 
+@contextlib.asynccontextmanager
+async def running(tmp: Path, layout: list[tuple[str, str]]) -> AsyncIterator[list[tuple[GossipService, Repository]]]:
+    """``cluster_of``, closed again (gossip services and repositories) however the test ends."""
+    hosts = await cluster_of(tmp, layout)
+    try:
+        yield hosts
+    finally:
+        await close_all([g for g, _ in hosts])
+        for _, r in hosts:
+            r.close()
+
+
 async def body(data: bytes):
     for i in range(0, len(data), 1 << 20):
         yield data[i: i + (1 << 20)]
@@ -49,9 +63,8 @@ async def body(data: bytes):
 
 def test_commit_waits_for_a_second_copy_in_the_cluster(tmp_path):
     async def run() -> None:
-        hosts = await cluster_of(tmp_path, [("a", "both"), ("a", "node"), ("a", "master"), ("b", "node")])
-        (ga, ra), (gb, rb), (gm, rm), (gx, rx) = hosts
-        try:
+        async with running(tmp_path, [("a", "both"), ("a", "node"), ("a", "master"), ("b", "node")]) as hosts:
+            (ga, ra), (gb, rb), (gm, rm), (gx, rx) = hosts
             rep = ChunkReplicator(ga, ra, copies=2, scope="cluster")
             for g, r in hosts[1:]:
                 ChunkReplicator(g, r, copies=2, scope="cluster")
@@ -63,45 +76,31 @@ def test_commit_waits_for_a_second_copy_in_the_cluster(tmp_path):
             assert not any(rm.chunks.has(h) for h in hashes), "a master without the store role holds none"
             assert not any(rx.chunks.has(h) for h in hashes), "copies stay in the writer's cluster"
             assert rb.meta.has_chunks(hashes) == set(hashes)
-        finally:
-            await close_all([g for g, _ in hosts])
-            for _, r in hosts:
-                r.close()
 
     asyncio.run(run())
 
 
 def test_no_version_when_the_copy_cannot_be_made(tmp_path):
     async def run() -> None:
-        hosts = await cluster_of(tmp_path, [("a", "both"), ("a", "node")])
-        (ga, ra), (gb, rb) = hosts
-        try:
+        async with running(tmp_path, [("a", "both"), ("a", "node")]) as hosts:
+            (ga, ra), (gb, rb) = hosts
             rep = ChunkReplicator(ga, ra, copies=2, scope="cluster")
             ra.before_issue = rep.ensure
             # b is alive but serves no "replicate": the copy fails and nothing is issued
             with pytest.raises(Unavailable, match="1 of 2 copies"):
                 await ra.ingest("dur/none", body(b"x" * 1000))
             assert ra.meta.latest_version("dur/none") == 0
-        finally:
-            await close_all([g for g, _ in hosts])
-            for _, r in hosts:
-                r.close()
 
     asyncio.run(run())
 
 
 def test_a_single_host_keeps_one_copy(tmp_path):
     async def run() -> None:
-        hosts = await cluster_of(tmp_path, [("a", "both"), ("b", "node")])
-        (ga, ra), _ = hosts
-        try:
+        async with running(tmp_path, [("a", "both"), ("b", "node")]) as hosts:
+            (ga, ra), _ = hosts
             ra.before_issue = ChunkReplicator(ga, ra, copies=2, scope="cluster").ensure
             m = await ra.ingest("dur/one", body(b"y" * 1000))
             assert m.version == 1
-        finally:
-            await close_all([g for g, _ in hosts])
-            for _, r in hosts:
-                r.close()
 
     asyncio.run(run())
 
@@ -124,9 +123,8 @@ def test_a_tree_commit_copies_the_chunks_it_names_durable(tmp_path, monkeypatch)
     monkeypatch.setattr(durability, "MAX_BATCH_HASHES", 4)
 
     async def run() -> None:
-        hosts = await cluster_of(tmp_path, [("a", "both"), ("a", "node"), ("b", "node")])
-        (ga, ra), (gb, rb), (gx, rx) = hosts
-        try:
+        async with running(tmp_path, [("a", "both"), ("a", "node"), ("b", "node")]) as hosts:
+            (ga, ra), (gb, rb), (gx, rx) = hosts
             ra.before_issue = ChunkReplicator(ga, ra, copies=2, scope="cluster").ensure
             for g, r in hosts[1:]:
                 ChunkReplicator(g, r, copies=2, scope="cluster")
@@ -151,19 +149,14 @@ def test_a_tree_commit_copies_the_chunks_it_names_durable(tmp_path, monkeypatch)
             more = await _put_chunks(ra, 2)  # the old request shape: no durable chunks, nothing copied
             m2 = await ra.commit("dur/vol", [], kind="tree", meta={"root": more[0].hash}, expected_parent=1)
             assert m2.version == 2 and not any(rb.chunks.has(r.hash) for r in more)
-        finally:
-            await close_all([g for g, _ in hosts])
-            for _, r in hosts:
-                r.close()
 
     asyncio.run(run())
 
 
 def test_a_durable_chunk_not_stored_here_fails_the_commit(tmp_path):
     async def run() -> None:
-        hosts = await cluster_of(tmp_path, [("a", "both"), ("a", "node")])
-        (ga, ra), (gb, rb) = hosts
-        try:
+        async with running(tmp_path, [("a", "both"), ("a", "node")]) as hosts:
+            (ga, ra), (gb, rb) = hosts
             ra.before_issue = ChunkReplicator(ga, ra, copies=2, scope="cluster").ensure
             ChunkReplicator(gb, rb, copies=2, scope="cluster")
             refs = await _put_chunks(ra, 2)
@@ -178,19 +171,14 @@ def test_a_durable_chunk_not_stored_here_fails_the_commit(tmp_path):
                                 durable=[ChunkRef("xyz", 1)])
             assert ra.meta.latest_version("dur/miss") == 0
             assert not any(rb.chunks.has(r.hash) for r in refs), "nothing copied for a refused commit"
-        finally:
-            await close_all([g for g, _ in hosts])
-            for _, r in hosts:
-                r.close()
 
     asyncio.run(run())
 
 
 def test_content_a_host_confirmed_is_not_asked_for_again(tmp_path):
     async def run() -> None:
-        hosts = await cluster_of(tmp_path, [("a", "both"), ("a", "node")])
-        (ga, ra), (gb, rb) = hosts
-        try:
+        async with running(tmp_path, [("a", "both"), ("a", "node")]) as hosts:
+            (ga, ra), (gb, rb) = hosts
             rep = ChunkReplicator(ga, ra, copies=2, scope="cluster")
             ChunkReplicator(gb, rb, copies=2, scope="cluster")
             ra.before_issue = rep.ensure
@@ -210,9 +198,5 @@ def test_content_a_host_confirmed_is_not_asked_for_again(tmp_path):
             assert len(asked) == 1, "b confirmed these chunks: no second request"
             await ra.ingest("dur/three", body(data + b"!"))  # new content is copied as before
             assert len(asked) == 2
-        finally:
-            await close_all([g for g, _ in hosts])
-            for _, r in hosts:
-                r.close()
 
     asyncio.run(run())
