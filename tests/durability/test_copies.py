@@ -56,6 +56,20 @@ async def running(tmp: Path, layout: list[tuple[str, str]]) -> AsyncIterator[lis
             r.close()
 
 
+def count_copy_requests(g: GossipService) -> list[int]:
+    """The sizes (in chunks) of the copy requests ``g`` sends from now on, appended as they go."""
+    sent: list[int] = []
+    real = g.request
+
+    async def counting(addr, kind, body, timeout=30.0):  # type: ignore[no-untyped-def]
+        if kind == durability.KIND:
+            sent.append(len(body["hashes"]))
+        return await real(addr, kind, body, timeout=timeout)
+
+    g.request = counting  # type: ignore[method-assign]
+    return sent
+
+
 async def body(data: bytes):
     for i in range(0, len(data), 1 << 20):
         yield data[i: i + (1 << 20)]
@@ -128,14 +142,7 @@ def test_a_tree_commit_copies_the_chunks_it_names_durable(tmp_path, monkeypatch)
             ra.before_issue = ChunkReplicator(ga, ra, copies=2, scope="cluster").ensure
             for g, r in hosts[1:]:
                 ChunkReplicator(g, r, copies=2, scope="cluster")
-            sent: list[int] = []
-            request = ga.request
-
-            async def counting(addr, kind, body, timeout=30.0):  # type: ignore[no-untyped-def]
-                if kind == durability.KIND:
-                    sent.append(len(body["hashes"]))
-                return await request(addr, kind, body, timeout=timeout)
-            ga.request = counting  # type: ignore[method-assign]
+            sent = count_copy_requests(ga)
 
             refs = await _put_chunks(ra, 10)
             m = await ra.commit("dur/vol", [], kind="tree", meta={"root": refs[0].hash}, durable=refs + refs[:2])
@@ -182,15 +189,7 @@ def test_content_a_host_confirmed_is_not_asked_for_again(tmp_path):
             rep = ChunkReplicator(ga, ra, copies=2, scope="cluster")
             ChunkReplicator(gb, rb, copies=2, scope="cluster")
             ra.before_issue = rep.ensure
-            asked: list[int] = []
-            real = ga.request
-
-            async def counting(addr, kind, body, timeout=30.0):  # type: ignore[no-untyped-def]
-                if kind == durability.KIND:
-                    asked.append(len(body["hashes"]))
-                return await real(addr, kind, body, timeout=timeout)
-
-            ga.request = counting  # type: ignore[method-assign]
+            asked = count_copy_requests(ga)
             data = os.urandom(300 * 1024)
             one = await ra.ingest("dur/one", body(data))
             assert len(asked) == 1 and all(rb.chunks.has(r.hash) for r in one.chunks)

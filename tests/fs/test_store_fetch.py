@@ -12,14 +12,19 @@ from fs.store import Store
 from tests.eltond_process import EltondProcess
 
 
-def test_concurrent_file_path_calls_share_one_complete_fetch(tmp_path: Path, node: EltondProcess) -> None:
+def _uploaded(tmp_path: Path, node: EltondProcess, size: int) -> tuple[Path, list, Store]:
+    """A random file of ``size`` bytes uploaded through one Store; its chunks, and a second Store to read them."""
     src = tmp_path / "src"
-    src.write_bytes(os.urandom(9_000_000))
+    src.write_bytes(os.urandom(size))
     writer = Store(node.client(), tmp_path / "writer")
     chunks = writer.cut_file(src, upload=True)
     writer.flush()
+    return src, chunks, Store(node.client(), tmp_path / "reader")
+
+
+def test_concurrent_file_path_calls_share_one_complete_fetch(tmp_path: Path, node: EltondProcess) -> None:
+    src, chunks, reader = _uploaded(tmp_path, node, 9_000_000)
     assert len(chunks) > 1
-    reader = Store(node.client(), tmp_path / "reader")
     got: list[Path] = []
     threads = [threading.Thread(target=lambda: got.append(reader.file_path(chunks))) for _ in range(4)]
     for t in threads:
@@ -33,12 +38,7 @@ def test_concurrent_file_path_calls_share_one_complete_fetch(tmp_path: Path, nod
 
 
 def test_partial_files_of_dead_fetches_are_removed_and_never_served(tmp_path: Path, node: EltondProcess) -> None:
-    src = tmp_path / "src"
-    src.write_bytes(os.urandom(3_000_000))
-    writer = Store(node.client(), tmp_path / "writer")
-    chunks = writer.cut_file(src, upload=True)
-    writer.flush()
-    reader = Store(node.client(), tmp_path / "reader")
+    src, chunks, reader = _uploaded(tmp_path, node, 3_000_000)
     final = reader.file_path(chunks)
     final.unlink()  # as if the mount had died while fetching it: only a partial file is left
     dead = subprocess.Popen(["true"])
