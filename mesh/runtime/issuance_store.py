@@ -21,7 +21,7 @@ from mesh.core.codec import MAX_STREAM_MESSAGE, pack, unpack
 from mesh.core.issuance import AcceptRecord, Ballot, Entry, PromiseRecord, Record, RoundRecord
 from mesh.core.issuance.messages import draft_from_wire, draft_to_wire
 from mesh.core.manifest import Draft
-from mesh.store.meta import MetaStore
+from mesh.store.meta import MetaStore, schema_op
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS issuance_promise (key TEXT PRIMARY KEY, epoch INTEGER NOT NULL, "
@@ -35,11 +35,6 @@ SCHEMA = (
     "state TEXT NOT NULL, last_error TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS issuance_pending_created ON issuance_pending (created_at)",
 )
-
-
-def _create(conn: sqlite3.Connection) -> None:
-    for statement in SCHEMA:
-        conn.execute(statement)
 
 
 def _save_op(records: tuple[Record, ...]) -> Callable[[sqlite3.Connection], None]:
@@ -76,7 +71,7 @@ class IssuanceStore:
         self.meta = meta
 
     async def create(self) -> None:
-        await self.meta.write(_create)
+        await self.meta.write(schema_op(SCHEMA))
 
     async def save(self, records: tuple[Record, ...]) -> None:
         """Upsert one ``Persist`` batch; durable when this returns (the writer's group commit)."""
@@ -149,7 +144,7 @@ class PendingStore:
         self.clock = clock
 
     async def create(self) -> None:
-        await self.meta.write(_create)
+        await self.meta.write(schema_op(SCHEMA))
 
     async def add(self, pid: str, draft: Draft, expected_parent: int | None, error: str) -> PendingCommit:
         item = PendingCommit(pid, draft.key, draft, expected_parent, self.clock(), 1, "queued", error[:500])

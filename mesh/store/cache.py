@@ -45,7 +45,7 @@ from typing import Any
 
 from mesh.core.cache_policy import CachePolicy
 from mesh.store.chunks import ChunkStore
-from mesh.store.meta import MetaStore
+from mesh.store.meta import MetaStore, schema_op
 
 log = logging.getLogger("elton.cache")
 
@@ -64,11 +64,6 @@ SCHEMA = (
     " hash TEXT PRIMARY KEY, size INTEGER NOT NULL, last_use INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS cache_chunks_by_use ON cache_chunks(last_use)",
 )
-
-
-def _create(conn: sqlite3.Connection) -> None:
-    for statement in SCHEMA:
-        conn.execute(statement)
 
 
 def _cached_op(h: str, size: int, use: int) -> Callable[[sqlite3.Connection], None]:
@@ -139,7 +134,7 @@ class ChunkCache:
         self.evicted_bytes = 0
         self.uncached = 0  # fetched chunks handed to the reader without being kept (no room)
         self.uncached_bytes = 0
-        meta.write_sync(_create)
+        meta.write_sync(schema_op(SCHEMA))
         self._seq = self._rebuild()
 
     # -- start-up -----------------------------------------------------------------------------------

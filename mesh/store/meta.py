@@ -17,7 +17,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +60,15 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+def schema_op(statements: Iterable[str]) -> Callable[[sqlite3.Connection], None]:
+    """An operation creating a module's own tables (``CREATE ... IF NOT EXISTS`` statements)."""
+    def op(conn: sqlite3.Connection) -> None:
+        for statement in statements:
+            conn.execute(statement)
+
+    return op
 
 
 class MetaStore:
