@@ -44,7 +44,10 @@ def _fd_dir() -> int:
     pid = os.getpid()
     with _fd_dir_lock:
         if _fd_dir_of is None or _fd_dir_of[0] != pid:
-            _fd_dir_of = (pid, os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            try:
+                _fd_dir_of = (pid, os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            except FileNotFoundError as exc:  # no /proc: unnamed files cannot be linked
+                raise OSError(errno.EOPNOTSUPP, "no /proc to link an unnamed file through") from exc
         return _fd_dir_of[1]
 
 
@@ -86,7 +89,7 @@ class ChunkStore:
                 try:
                     return self._write_linked(final, data, fsync)
                 except OSError as exc:
-                    if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT, errno.EXDEV):
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):  # no O_TMPFILE here
                         raise
                     self._tmpfile = False
             return self._write_renamed(h, final, data, fsync)
