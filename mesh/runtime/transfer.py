@@ -163,10 +163,10 @@ class ChunkServer:
                 data = nacl.bindings.crypto_secretbox(data, _nonce(i), key)
             writer.write(HEADER.pack(status, len(data)))
             writer.write(data)
-            await writer.drain()
-            if status == OK:
+            if status == OK:  # counted when handed to the socket: the reader may have it before drain returns
                 self.served_chunks += 1
                 self.served_bytes += len(data)
+            await writer.drain()
 
     def _read(self, h: str) -> tuple[int, bytes]:
         try:

@@ -117,13 +117,39 @@ def test_timeout_moves_on_and_a_late_answer_is_ignored() -> None:
 
 
 def test_nobody_has_it_fails_after_lookups() -> None:
+    """A chunk nobody holds fails with ``no_holder``, after ``max_lookups`` rounds spaced by the
+    growing back-off (a holder report may still be on its way), and nothing is left in flight."""
     w = World()
     datas = blobs(2)
     w.hold(host("a", "dc1"), datas[0])
     r = w.reader(host("me", "dc1"), refs(datas))
+    rounds: list[float] = []  # when the world answered a lookup round (a NeedHolders)
+    lookup = w._lookup
+
+    def counted(reader: object, chunk: str) -> None:
+        rounds.append(w.now)
+        lookup(reader, chunk)  # type: ignore[arg-type]
+
+    w._lookup = counted  # type: ignore[method-assign]
     w.run()
+    config = r.planner.config
     assert r.outcome is not None and r.outcome.index == 1 and r.outcome.reason == "no_holder"
-    assert r.delivered == [] and r.inflight == {}  # fails fast: chunk 0's request was cancelled
+    assert len(rounds) == config.max_lookups
+    gaps = [b - a for a, b in zip(rounds, rounds[1:], strict=False)]
+    assert all(gap >= config.lookup_backoff * 2 ** i for i, gap in enumerate(gaps)), gaps
+    assert r.inflight == {}
+
+
+def test_holder_reported_after_the_first_lookup_is_found_by_a_later_round() -> None:
+    """A read right after a write elsewhere: the writer's holder report reaches the master a moment
+    after the reader's first lookup. A later round finds it and the read completes."""
+    w = World()
+    datas = blobs(1)
+    r = w.reader(host("me", "dc1"), refs(datas))
+    w.at(0.6, lambda: w.hold(host("a", "dc1"), datas[0]))
+    w.run()
+    assert r.outcome is None
+    assert [d.data for d in r.delivered] == datas
 
 
 def test_lookup_finds_remote_holders() -> None:

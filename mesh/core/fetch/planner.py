@@ -15,7 +15,8 @@ model learned from the last transfer (bandwidth) and holders added since are use
   A master that does not answer within ``claim_timeout`` is bypassed (no coalescing).
 - ``ChunkOk`` is verified (size and BLAKE3) before anything else; a mismatch, an error or a
   timeout marks that holder failed for that chunk and the next one is asked. When no candidate
-  is left the planner asks the runtime for more (``NeedHolders``), ``max_lookups`` times.
+  is left the planner asks the runtime for more (``NeedHolders``), up to ``max_lookups`` rounds
+  spaced by a growing back-off (holder reports reach the masters a moment after a write).
 - Verified chunks are stored first (``BecameHolder``; after a WAN pull, ``WanDone`` then tells
   the master so waiting peers come to us) and handed to the reader in file order (``Deliver``).
 
@@ -60,7 +61,8 @@ class FetchConfig:
     claim_timeout: float = 5.0  # no answer from the master to a WanClaim: fetch anyway
     claim_wait: float = 30.0  # waiting for a peer's WAN pull: claim again after this
     lookup_timeout: float = 10.0  # no answer to NeedHolders
-    max_lookups: int = 2  # NeedHolders rounds that bring nothing new before the chunk fails
+    max_lookups: int = 5  # NeedHolders rounds that bring nothing new before the chunk fails
+    lookup_backoff: float = 0.25  # wait before the next round, doubled each round (0.25+0.5+1+2 s)
     max_holders: int = 64  # candidates remembered per chunk
     coalesce: bool = True  # claim at the master before a WAN transfer
 
@@ -161,10 +163,15 @@ class FetchPlanner:
         self._pump(now)
 
     def no_more_holders(self, chunk: str, now: float) -> None:
-        """The lookup for ``chunk`` found nothing new."""
+        """The lookup for ``chunk`` found nothing new. Holder reports reach the masters a moment
+        after a write (a read right after a commit elsewhere), so the next round waits a little,
+        longer each time; after ``max_lookups`` rounds the chunk fails."""
         unit = self._units.get(chunk)
         if unit is not None and unit.state == LOOKUP:
-            self._fail(unit, "no_holder")
+            if unit.lookups >= self.config.max_lookups:
+                self._fail(unit, "no_holder")
+            else:  # stays in LOOKUP until the deadline; then _start asks again
+                unit.deadline = now + self.config.lookup_backoff * 2 ** (unit.lookups - 1)
         self._pump(now)
 
     def holder_dead(self, node: str, now: float) -> None:
