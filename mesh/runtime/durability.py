@@ -72,13 +72,16 @@ class ChunkReplicator:
         gossip.register_stream_handler(KIND, self._serve)
 
     def candidates(self) -> tuple[list[MemberInfo], int]:
-        """(alive store hosts other than us in scope, nearest first; how many store hosts exist there)."""
+        """(alive store hosts other than us in scope, nearest first; how many store hosts exist there).
+
+        Nearest by ``rtt_estimate``: the direct probes' RTT, else the Vivaldi distance, so a host
+        this one never probed is not ranked as if its RTT were unknown."""
         me = self.gossip.id
         pool = [m for m in self.gossip.members() if m.id != me and m.role in STORE_ROLES
                 and (self.scope == "mesh" or m.cluster == self.gossip.cluster)
                 and m.state.value in ("alive", "suspect")]
         alive = [m for m in pool if m.state.value == "alive"]
-        alive.sort(key=lambda m: (m.cluster != self.gossip.cluster, m.rtt if m.rtt is not None else 1.0, m.id))
+        alive.sort(key=lambda m: (m.cluster != self.gossip.cluster, m.rtt_estimate if m.rtt_estimate is not None else 1.0, m.id))
         return alive, len(pool)
 
     async def ensure(self, refs: list[ChunkRef]) -> list[str]:

@@ -127,7 +127,7 @@ class MeshRemote:
     def _masters_to_ask(self) -> list[MemberInfo]:
         own = [m for m in self.holders.masters(self.gossip.cluster) if m.id != self.id]
         other = [m for m in self.holders.masters() if m.cluster != self.gossip.cluster]
-        other.sort(key=lambda m: (m.rtt if m.rtt is not None else 1e9, m.id))
+        other.sort(key=lambda m: (m.rtt_estimate if m.rtt_estimate is not None else 1e9, m.id))
         return own + other
 
     def _checked(self, blob: Any, key: str, version: int | None) -> Manifest:

@@ -163,10 +163,6 @@ class HolderService:
         m = self._members.get(node)
         return m is not None and m.state in LIVE
 
-    def rtt(self, node: str) -> float | None:
-        m = self._members.get(node)
-        return None if m is None else m.rtt
-
     def masters(self, cluster: str | None = None) -> list[MemberInfo]:
         """Live masters of ``cluster`` (all clusters for None), lowest id first."""
         ms = [m for m in self._members.values() if m.role in MASTER_ROLES and m.state in LIVE
@@ -371,7 +367,7 @@ class HolderService:
         masters = self.masters(cluster)
         if cluster == self.cluster and self.index is not None:
             return {c: tuple(self.index.holders(c, self.now())) for c in chunks}
-        masters.sort(key=lambda m: (m.rtt if m.rtt is not None else 1e9, m.id))
+        masters.sort(key=lambda m: (m.rtt_estimate if m.rtt_estimate is not None else 1e9, m.id))
         for m in masters[:3]:
             out: dict[str, tuple[str, ...]] = {}
             try:

@@ -538,7 +538,7 @@ class IssuerService:
         own = [m for m in masters if m.cluster == self.gossip.cluster]
         other = [m for m in masters if m.cluster != self.gossip.cluster]
         self.rng.shuffle(own)
-        other.sort(key=lambda m: (m.state != MemberState.ALIVE, m.rtt if m.rtt is not None else 1e9))
+        other.sort(key=lambda m: (m.state != MemberState.ALIVE, m.rtt_estimate if m.rtt_estimate is not None else 1e9))
         return own + other
 
     async def _forward(self, draft: Draft, expected_parent: int | None) -> Manifest:

@@ -199,3 +199,28 @@ def test_content_a_host_confirmed_is_not_asked_for_again(tmp_path):
             assert len(asked) == 2
 
     asyncio.run(run())
+
+
+def test_copy_candidates_are_ordered_by_the_rtt_estimate_not_only_by_direct_probes() -> None:
+    """A store host this one never probed directly has a Vivaldi estimate (``rtt_estimate``); it is
+    ranked by it, not pushed behind every probed host as if its RTT were unknown."""
+    from mesh.core.membership import MemberInfo, MemberState
+
+    def member(node: str, rtt: float | None, estimate: float | None, cluster: str = "a") -> MemberInfo:
+        return MemberInfo(node, cluster, "node", ("127.0.0.1", 1), "-", MemberState.ALIVE, 1, rtt, 0.0, estimate)
+
+    class Members:
+        id, cluster = "me", "a"
+
+        def members(self) -> list[MemberInfo]:
+            return [member("me", None, None), member("probed-far", 0.005, 0.005),
+                    member("estimated-near", None, 0.001), member("unknown", None, None),
+                    member("other-cluster", 0.0001, 0.0001, cluster="b")]
+
+        def register_stream_handler(self, kind: str, handler: object) -> None:
+            pass
+
+    replicator = ChunkReplicator(Members(), None, copies=2, scope="mesh")  # type: ignore[arg-type]
+    alive, known = replicator.candidates()
+    assert [m.id for m in alive] == ["estimated-near", "probed-far", "unknown", "other-cluster"]
+    assert known == 4
