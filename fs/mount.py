@@ -73,6 +73,7 @@ class Mount:
             if m.get("kind") != "tree":
                 raise EltonError(f"{volume} is not a volume (its versions are {m.get('kind')}s)")
             self.state.initialise(volume, int(m["version"]), tree_root(m), time.time_ns())
+            self.client.author_hint = m.get("author")  # holds the tree before the masters know it
         elif version is not None and int(self.state.get_meta("base_version")) != version:
             raise EltonError(f"{self.mountpoint} keeps local state at base version "
                              f"{self.state.get_meta('base_version')}; mount without @N and run "

@@ -81,6 +81,7 @@ class Volume:
     def update(self, to: int | None = None) -> dict[str, Any]:
         """Move the base to version ``to`` (the latest if None), keeping local changes."""
         target = self.client.manifest(self.name, to)
+        self.client.author_hint = target.get("author")  # holds the new tree before the masters know it
         base_version, base_root = self.base
         theirs = tree_root(target)
         ours, objects, _ = self.state.snapshot(upload=False)

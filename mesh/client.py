@@ -91,6 +91,10 @@ class Client:
         self._host = parts.hostname
         self._port = parts.port or 80
         self.timeout = timeout
+        # The node id of a host likely to hold the chunks read next (eltonfs: the author of the tree
+        # version it reads); sent with chunk reads, the daemon tries it for chunks no master knows
+        # a holder of yet (right after a commit elsewhere, the holder reports may be on their way).
+        self.author_hint: str | None = None
         self._local = threading.local()
 
     @property
@@ -297,7 +301,9 @@ class Client:
 
     def get_chunk(self, h: str, size: int | None = None) -> bytes:
         """A chunk by hash (the node fetches it from the mesh if it lacks it; ``size`` helps it plan)."""
-        data = self.call("GET", f"/v1/chunks/{h}" + (f"?size={size}" if size else ""))
+        query = "&".join(q for q in (f"size={size}" if size else "",
+                                     f"author={self.author_hint}" if self.author_hint else "") if q)
+        data = self.call("GET", f"/v1/chunks/{h}" + (f"?{query}" if query else ""))
         if chunk_hash(data) != h:
             raise CorruptChunk(f"chunk {h} arrived with other content")
         return data
@@ -310,7 +316,10 @@ class Client:
                 yield bytes(view)
 
     def _chunk_stream(self, chunks: list[tuple[str, int]]) -> http.client.HTTPResponse:
-        body = json.dumps({"chunks": [[h, n] for h, n in chunks]}).encode()
+        request: dict[str, object] = {"chunks": [[h, n] for h, n in chunks]}
+        if self.author_hint:
+            request["author"] = self.author_hint
+        body = json.dumps(request).encode()
         return self.open("POST", "/v1/chunks/stream", body, {"Content-Type": "application/json"}, retry=True)
 
     def stream_chunks_into(self, chunks: list[tuple[str, int]], buffers: list[bytearray],

@@ -305,10 +305,13 @@ class MeshRemote:
 
     # -- chunks -------------------------------------------------------------------------------------------
 
-    async def fetch(self, manifest: Manifest | None, refs: list[ChunkRef]) -> AsyncIterator[bytes]:
+    async def fetch(self, manifest: Manifest | None, refs: list[ChunkRef],
+                    fallback: str | None = None) -> AsyncIterator[bytes]:
         # The version's author held every chunk when it committed: a candidate even before its
-        # holder reports reach the masters (a read right after a commit elsewhere).
-        read = _Read(self, refs, hint=manifest.author if manifest is not None else None)
+        # holder reports reach the masters (a read right after a commit elsewhere). ``fallback`` (a
+        # host the caller says likely holds loose chunks) is a candidate only for chunks no master
+        # knows a holder of: it may well not hold the others.
+        read = _Read(self, refs, hint=manifest.author if manifest is not None else None, fallback=fallback)
         self.metrics.cache_misses += len(refs)
         ok = False
         try:
@@ -327,10 +330,12 @@ class MeshRemote:
 class _Read:
     """One ``fetch``: a FetchPlanner and the workers that carry out its effects."""
 
-    def __init__(self, remote: MeshRemote, refs: list[ChunkRef], hint: str | None = None) -> None:
+    def __init__(self, remote: MeshRemote, refs: list[ChunkRef], hint: str | None = None,
+                 fallback: str | None = None) -> None:
         self.r = remote
         self.refs = refs
         self.hint = hint
+        self.fallback = fallback
         self.hashes = {ref.hash for ref in refs}
         self.loop = asyncio.get_running_loop()
         self.planner: FetchPlanner | None = None
@@ -364,11 +369,12 @@ class _Read:
     async def start(self) -> None:
         self.r.metrics.lookups += 1
         known = await self.r.holders.lookup(sorted(self.hashes))
-        author = self.r.holders.member(self.hint) if self.hint and self.hint != self.r.id else None
-        if author is not None and self.r.holders.alive(author.id):
-            for hosts in known.values():
-                if all(x.node != author.id for x in hosts):
-                    hosts.append(Host(author.id, author.cluster))
+        author, fallback = self._candidate(self.hint), self._candidate(self.fallback)
+        for hosts in known.values():
+            if author is not None and all(x.node != author.node for x in hosts):
+                hosts.append(author)
+            if not hosts and fallback is not None:
+                hosts.append(fallback)
         for h, hosts in known.items():
             self.told[h].update(x.node for x in hosts)
         self.planner = FetchPlanner(self.r.local, self.refs, self.r.model, self.loop.time(), self.r.config, known)
@@ -377,6 +383,11 @@ class _Read:
         self.link = self._spawn(self._master_link())
         self.handing = self._spawn(self._hand_over())
         self._drain()
+
+    def _candidate(self, node: str | None) -> Host | None:
+        """``node`` as a holder to try, if it is a live member other than this host."""
+        member = self.r.holders.member(node) if node and node != self.r.id else None
+        return Host(member.id, member.cluster) if member is not None and self.r.holders.alive(member.id) else None
 
     async def close(self) -> None:
         """Stop fetching; finish the stores and dones already decided (the reader may have read a stored

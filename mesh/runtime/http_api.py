@@ -14,12 +14,14 @@ import hmac
 import logging
 import re
 import sqlite3
+import string
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 
+from mesh.core.identity import NODE_ID_BYTES
 from mesh.core.manifest import ChunkRef, Manifest
 from mesh.errors import (
     EltonError,
@@ -74,6 +76,16 @@ def _int_param(request: web.Request, name: str, default: int | None = None, mini
     if not raw.isdigit() or int(raw) < minimum:
         raise InvalidRequest(f"{name} must be an integer >= {minimum}, not {raw!r}")
     return int(raw)
+
+
+def _author_param(value: object) -> str | None:
+    """``author`` of a chunk read: the node id of a host likely to hold the chunks (the author of
+    the version naming them), tried for chunks no master knows a holder of yet."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) != 2 * NODE_ID_BYTES or value.strip(string.hexdigits):
+        raise InvalidRequest(f"author must be a node id ({2 * NODE_ID_BYTES} hex digits), not {value!r}")
+    return value.lower()
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -441,26 +453,33 @@ class Api:
     async def get_chunk(self, request: web.Request) -> web.Response:
         """A chunk's verified bytes; one this host lacks is fetched from the mesh (and kept here).
 
-        ``?size=N`` lets the fetch plan; without it the chunk is checked by its hash alone."""
+        ``?size=N`` lets the fetch plan; without it the chunk is checked by its hash alone.
+        ``?author=NODE``: a host likely to hold it (``_author_param``)."""
         h = check_hash(request.match_info["hash"])
         size = _int_param(request, "size", 0) or 0
+        author = _author_param(request.query.get("author"))
         if self.repo.chunks.has(h) or self.repo.remote is None:
             with self.repo.cache.using([h]):  # a cached copy is not evicted while it is read
                 self.repo.cache.touch(h)
                 data = await self.repo.read_chunk(h)
         else:
-            parts = [d async for d in self.repo.remote.fetch(None, [ChunkRef(h, size)])]
+            parts = [d async for d in self.repo.remote.fetch(None, [ChunkRef(h, size)], author)]
             data = parts[0]
         return web.Response(body=data, content_type="application/octet-stream",
                             headers={"ETag": f'"{h}"', "Cache-Control": IMMUTABLE})
 
     async def stream_chunks(self, request: web.Request) -> web.StreamResponse:
-        """The bytes of a list of chunks, in order, one after the other: ``{"chunks": [[hash, size]...]}``.
+        """The bytes of a list of chunks, in order, one after the other: ``{"chunks": [[hash, size]...]}``,
+        with an optional ``"author": NODE`` (``_author_param``).
 
         Chunks this host lacks come from the mesh in one fetch (eltonfs reads a whole lower file so).
         A chunk that cannot be had cuts the response short; the client checks every chunk's hash."""
         try:
-            raw = (await request.json())["chunks"]
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise TypeError("not an object")
+            raw = body["chunks"]
+            author = _author_param(body.get("author"))
             refs = [ChunkRef(check_hash(str(h)), int(n)) for h, n in raw]
             if not refs or len(refs) > MAX_MISSING_QUERY or any(r.size <= 0 for r in refs):
                 raise ValueError(f"1 to {MAX_MISSING_QUERY} chunks, each with its size")
@@ -468,7 +487,7 @@ class Api:
             raise InvalidRequest(f"chunk stream body: {exc}") from exc
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
                                            "Content-Length": str(sum(r.size for r in refs))})
-        return await stream_body(request, resp, self.repo.stream_chunks(refs), "a chunk stream")
+        return await stream_body(request, resp, self.repo.stream_chunks(refs, author), "a chunk stream")
 
     async def missing_chunks(self, request: web.Request) -> web.Response:
         try:

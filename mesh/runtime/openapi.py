@@ -64,7 +64,10 @@ OPENAPI: dict[str, Any] = {
                                   "schema": {"type": "string"}}],
             "responses": {"200": {"description": "manifest"}, **_ERRORS}}},
         "/v1/chunks/{hash}": {
-            "get": {"summary": "A chunk's verified bytes", "parameters": [_HASH],
+            "get": {"summary": "A chunk's verified bytes", "parameters": [
+                _HASH, {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {"name": "author", "in": "query", "schema": {"type": "string"},
+                 "description": "node id of a host likely to hold it, tried when no master knows a holder"}],
                     "responses": {"200": {"description": "bytes", "content": _BYTES}, **_ERRORS}},
             "put": {"summary": "Upload a chunk; its BLAKE3 hash must match", "parameters": [_HASH],
                     "requestBody": {"content": _BYTES},
@@ -75,7 +78,9 @@ OPENAPI: dict[str, Any] = {
             "summary": "The bytes of a list of chunks, in order; chunks missing here are fetched from the mesh",
             "requestBody": {"content": {"application/json": {"schema": {
                 "type": "object", "properties": {"chunks": {"type": "array", "items": {
-                    "type": "array", "prefixItems": [{"type": "string"}, {"type": "integer", "minimum": 1}]}}}}}}},
+                    "type": "array", "prefixItems": [{"type": "string"}, {"type": "integer", "minimum": 1}]}},
+                    "author": {"type": "string",
+                               "description": "node id of a host likely to hold them, tried when no master knows a holder"}}}}}},
             "responses": {"200": {"description": "bytes", "content": _BYTES}, **_ERRORS}}},
         "/v1/pending": {"get": {"summary": "Commits kept here until their key's home is reachable",
                                 "responses": {"200": {"description": "pending commits"}}}},

@@ -106,10 +106,12 @@ class Remote(Protocol):
         raises KeyNotFound / VersionNotFound, or Unavailable when no master can be reached."""
         ...
 
-    def fetch(self, manifest: Manifest | None, refs: list[ChunkRef]) -> AsyncIterator[bytes]:
+    def fetch(self, manifest: Manifest | None, refs: list[ChunkRef],
+              fallback: str | None = None) -> AsyncIterator[bytes]:
         """The verified bytes of ``refs`` (distinct chunks of ``manifest``, or loose ones: directory
         objects of a tree), in order, from the cheapest holders; each is stored here as a cached copy
-        on the way (this host becomes a holder). A ref of size 0 is checked by its hash alone."""
+        on the way (this host becomes a holder). A ref of size 0 is checked by its hash alone.
+        ``fallback``: a node id to try for chunks no master knows a holder of yet."""
         ...
 
     async def versions(self, key: str, limit: int, before: int | None) -> list[Manifest]:
@@ -400,13 +402,16 @@ class Repository:
         async for data in self._read_slices(manifest, slices(manifest, start, end)):
             yield data
 
-    async def stream_chunks(self, refs: list[ChunkRef]) -> AsyncIterator[bytes]:
+    async def stream_chunks(self, refs: list[ChunkRef], author: str | None = None) -> AsyncIterator[bytes]:
         """The verified bytes of ``refs`` in order, from here or the mesh, with one fetch for all the
-        missing ones (eltonfs reads a lower file's chunk list this way)."""
-        async for data in self._read_slices(None, [Slice(r, 0, r.size) for r in refs]):
+        missing ones (eltonfs reads a lower file's chunk list this way). ``author``: the node id of a
+        host likely to hold them (the author of the tree version naming them), tried for the chunks
+        no master knows a holder of yet (its holder report may still be on its way)."""
+        async for data in self._read_slices(None, [Slice(r, 0, r.size) for r in refs], author):
             yield data
 
-    async def _read_slices(self, manifest: Manifest | None, wanted: list[Slice]) -> AsyncIterator[bytes]:
+    async def _read_slices(self, manifest: Manifest | None, wanted: list[Slice],
+                           fallback: str | None = None) -> AsyncIterator[bytes]:
         """Concurrent reads on this host share one fetch per chunk: a chunk already being fetched for
         another read is waited for, not fetched again (one WAN transfer per chunk per host, and the
         cluster's master makes it one per cluster)."""
@@ -415,13 +420,13 @@ class Repository:
         # the cached copies this read takes from disk are pinned (not evicted) until it ends
         local = self.cache.acquire(dict.fromkeys(s.chunk.hash for s in wanted if s.chunk.hash not in absent))
         try:
-            async for data in self._read_pinned(manifest, wanted, missing, local):
+            async for data in self._read_pinned(manifest, wanted, missing, local, fallback):
                 yield data
         finally:
             self.cache.release(local)
 
     async def _read_pinned(self, manifest: Manifest | None, wanted: list[Slice], missing: list[ChunkRef],
-                           local: list[str]) -> AsyncIterator[bytes]:
+                           local: list[str], fallback: str | None) -> AsyncIterator[bytes]:
         for h in local:
             self.cache.touch(h)
         metrics = getattr(self.remote, "metrics", None)
@@ -438,7 +443,7 @@ class Repository:
             self._fetching[r.hash] = loop.create_future()
         waits = {r.hash: self._fetching[r.hash] for r in missing}
         if mine:
-            task = loop.create_task(self._fetch_into(manifest, mine))
+            task = loop.create_task(self._fetch_into(manifest, mine, fallback))
             self._fetch_tasks.add(task)
             task.add_done_callback(self._fetch_tasks.discard)
         uses = Counter(s.chunk.hash for s in wanted)
@@ -451,14 +456,14 @@ class Repository:
                 waits.pop(h, None)  # let the bytes go once this read is past their last use
             yield data if (s.start, s.end) == (0, len(data)) else data[s.start : s.end]
 
-    async def _fetch_into(self, manifest: Manifest, refs: list[ChunkRef]) -> None:
+    async def _fetch_into(self, manifest: Manifest | None, refs: list[ChunkRef], fallback: str | None) -> None:
         """Fetch ``refs`` from the mesh and hand each to the reads waiting for it; runs to the end even
         when the read that started it is gone (what it fetched is stored and serves the others)."""
         assert self.remote is not None
         left = {r.hash for r in refs}
         order = iter(refs)
         try:
-            async for data in self.remote.fetch(manifest, refs):
+            async for data in self.remote.fetch(manifest, refs, fallback):
                 h = next(order).hash  # the remote yields verified chunks in the order asked: no second hash
                 left.discard(h)
                 fut = self._fetching.pop(h, None)

@@ -197,3 +197,48 @@ def test_manifest_less_stream_one_lookup_one_request_per_chunk_and_stores_do_not
             await close_mesh(nodes)
 
     run_bounded(run())
+
+
+def test_loose_chunks_no_master_knows_of_come_from_the_named_author(tmp_path):
+    """A read right after a commit elsewhere: the writer's holder report has not reached the master.
+    Loose chunks (eltonfs directory objects and files) read with the author of the version that
+    names them are asked of it at once, and only those no master knows a holder of: the read
+    completes without waiting for the report. Without the author, the lookup rounds find nothing
+    and the read fails with ``no_holder``."""
+    from mesh.core.manifest import ChunkRef, chunk_hash
+    from mesh.errors import ChunkMissing
+
+    async def run() -> None:
+        nodes = await make_mesh(tmp_path, [("a0", "a", "both"), ("a1", "a", "node"), ("a2", "a", "node")])
+        try:
+            a0, a1, a2 = nodes["a0"], nodes["a1"], nodes["a2"]
+            known_piece, unreported = os.urandom(64 << 10), [os.urandom(64 << 10) for _ in range(3)]
+            known_ref = ChunkRef(chunk_hash(known_piece), len(known_piece))
+            await a2.repo.put_chunk(known_ref.hash, known_piece)  # a2 holds it and says so
+            a2.holders.on_chunks_stored([(known_ref.hash, known_ref.size)])
+            await a0.repo.put_chunk(known_ref.hash, known_piece)
+            refs = [ChunkRef(chunk_hash(p), len(p)) for p in unreported]
+            for p, ref in zip(unreported, refs, strict=True):
+                await a0.repo.put_chunk(ref.hash, p)  # a0 never reports these (nor the known one)
+            await wait_for_known(a1, known_ref.hash, a2.id)
+
+            with pytest.raises(ChunkMissing, match="no_holder"):
+                b"".join([piece async for piece in a1.repo.stream_chunks(refs[:1])])
+
+            a0_served, a2_served = a0.server.served_chunks, a2.server.served_chunks
+            got = b"".join([piece async for piece in a1.repo.stream_chunks([known_ref, *refs[1:]], author=a0.id)])
+            assert got == known_piece + b"".join(unreported[1:])
+            assert a2.server.served_chunks - a2_served == 1, "the chunk a master knows a holder of came from it"
+            assert a0.server.served_chunks - a0_served == len(refs) - 1
+            assert not a1.remote.metrics.faults, dict(a1.remote.metrics.faults)
+        finally:
+            await close_mesh(nodes)
+
+    async def wait_for_known(reader, chunk: str, holder: str) -> None:  # type: ignore[no-untyped-def]
+        for _ in range(200):
+            if [h.node for h in (await reader.holders.lookup([chunk]))[chunk]] == [holder]:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{holder[:12]} not reported as the holder of {chunk[:12]}")
+
+    run_bounded(run())

@@ -252,6 +252,28 @@ def test_chunk_stream_returns_chunks_in_order_and_refuses_bad_lists(shared_elton
     assert resp.status == 404
 
 
+def test_chunk_reads_take_an_author_hint_and_refuse_a_malformed_one(shared_eltond):
+    """``author`` (GET ?author=, the stream's "author") names a node id; a well-formed one does not
+    change what a host holding the chunks serves, a malformed one is a 400 naming the parameter."""
+    c = shared_eltond.client()
+    data = os.urandom(100_000)
+    m = c.put("hint/k", data)
+    refs = [(ch["hash"], ch["size"]) for ch in c.manifest("hint/k", m["version"])["chunks"]]
+    c.author_hint = "ab" * 20
+    assert c.get_chunk(*refs[0]) == data[: refs[0][1]]
+    assert b"".join(c.stream_chunks(refs)) == data
+    h = refs[0][0]
+    for bad in ("xyz", "ab" * 19, "zz" * 20):
+        resp, body = raw(shared_eltond, "GET", f"/v1/chunks/{h}?author={bad}")
+        assert resp.status == 400 and "author must be a node id" in json.loads(body)["message"]
+        resp, body = raw(shared_eltond, "POST", "/v1/chunks/stream",
+                         json.dumps({"chunks": [list(refs[0])], "author": bad}).encode(),
+                         {"Content-Type": "application/json"})
+        assert resp.status == 400 and "author must be a node id" in json.loads(body)["message"]
+    resp, body = raw(shared_eltond, "POST", "/v1/chunks/stream", b"[1, 2]", {"Content-Type": "application/json"})
+    assert resp.status == 400
+
+
 def test_chunk_stream_into_buffers_unverified_from_a_local_daemon(shared_eltond):
     c = shared_eltond.client()
     assert c.is_local  # 127.0.0.1: eltonfs skips its second hash check of what this daemon streams
