@@ -81,7 +81,8 @@ class ChunkReplicator:
                 and (self.scope == "mesh" or m.cluster == self.gossip.cluster)
                 and m.state.value in ("alive", "suspect")]
         alive = [m for m in pool if m.state.value == "alive"]
-        alive.sort(key=lambda m: (m.cluster != self.gossip.cluster, m.rtt_estimate if m.rtt_estimate is not None else 1.0, m.id))
+        alive.sort(key=lambda m: (m.cluster != self.gossip.cluster,
+                                  m.rtt_estimate if m.rtt_estimate is not None else 1.0, m.id))
         return alive, len(pool)
 
     async def ensure(self, refs: list[ChunkRef]) -> list[str]:
