@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mesh.core.admission import issue_revocation
-from mesh.core.membership import Config, Datagram, MemberState
+from mesh.core.membership import Config, Datagram, MemberState, SendDatagram
 from mesh.core.membership.messages import Alive, Dead, Suspect
 from tests.membership.simnet import ADMIN, SimNet, ident
 
@@ -90,6 +90,22 @@ def test_leave_is_seen_as_left_not_dead():
     net.kill(3)
     net.run(5)
     assert net.states_of(3) == {"left"}
+
+
+def test_leave_tells_every_member_of_its_cluster_directly():
+    """The hosts of the leaver's cluster (those that copy chunks to it) hear of the leave in the
+    leave's own datagrams, whatever the cluster's size; other clusters get a few, as before."""
+    config = Config.lan()
+    net = mesh_of(24, config, clusters=("a", "b"))
+    net.run_until(lambda: all_alive(net, 24), limit=20)
+    leaver = net.nodes[net.addr(0)]
+    leaver.leave(net.now)
+    told = {d.addr for d in leaver.drain() if isinstance(d, SendDatagram)
+            and any(isinstance(u, Dead) and u.node == leaver.id for u in d.datagram.updates)}
+    own = {m.gossip for m in leaver.members() if m.cluster == leaver.cluster and m.id != leaver.id}
+    other = {m.gossip for m in leaver.members() if m.cluster != leaver.cluster}
+    assert len(own) == 11 and own <= told
+    assert 0 < len(told & other) <= config.gossip_nodes + config.cross_gossip_nodes < len(other)
 
 
 def test_restart_with_higher_incarnation_comes_back_alive():

@@ -310,13 +310,18 @@ class Membership:
         self._apply(update, now)
 
     def leave(self, now: float) -> None:
-        """Tell a few members we leave on purpose; after this the core stays quiet."""
+        """Tell every member of our cluster and a few others that we leave on purpose; after this the
+        core stays quiet. Our own cluster hears it directly, not by gossip: its hosts are the ones
+        whose commits copy chunks to us and must stop counting us at once."""
         me = self._members[self.id]
         me.incarnation += 1
         me.state, me.since = MemberState.LEFT, now
         self.queue.push(("m", self.id), Dead(self.id, me.incarnation, self.id))
         peers = [m for m in self._members.values() if m.id != self.id and m.reachable]
-        for m in self.rng.sample(peers, min(len(peers), self.config.gossip_nodes + self.config.cross_gossip_nodes)):
+        own = [m for m in peers if m.cluster == self.cluster]
+        others = [m for m in peers if m.cluster != self.cluster]
+        few = min(len(others), self.config.gossip_nodes + self.config.cross_gossip_nodes)
+        for m in own + self.rng.sample(others, few):
             self._out.append(SendDatagram(m.gossip, Datagram(None, (Dead(self.id, me.incarnation, self.id),))))
         self.leaving = True
 
