@@ -33,6 +33,7 @@ import trio
 
 from fs import fuse_wire as w
 from fs.fuse_ops import Operations
+from fs.store import SPLICE
 
 log = logging.getLogger("eltonfs")
 MAX_WRITE = 1 << 20
@@ -120,7 +121,7 @@ class Session:
             os.close(self.fd)
             raise OSError(err, f"mount {self.mountpoint}: {os.strerror(err)}")
         os.set_blocking(self.fd, False)
-        if os.environ.get("ELTONFS_SPLICE", "1") != "0":
+        if SPLICE:
             self._pipe = self._open_pipe()
             if self._pipe is not None:
                 self._pipe_pages = fcntl.fcntl(self._pipe[1], fcntl.F_GETPIPE_SZ) // PAGE

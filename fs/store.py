@@ -27,7 +27,7 @@ log = logging.getLogger("eltonfs")
 FIXED_PIECE = 4 * 1024 * 1024
 DIR_CACHE = 4096
 UPLOAD_BATCH_BYTES = 64 * 1024 * 1024
-SPLICE = os.environ.get("ELTONFS_SPLICE", "1") != "0"
+SPLICE = os.environ.get("ELTONFS_SPLICE", "1") != "0"  # 0: no splice, neither fetching nor answering READs
 
 
 class ChunkClient(Protocol):
