@@ -301,9 +301,8 @@ class Client:
 
     def get_chunk(self, h: str, size: int | None = None) -> bytes:
         """A chunk by hash (the node fetches it from the mesh if it lacks it; ``size`` helps it plan)."""
-        query = "&".join(q for q in (f"size={size}" if size else "",
-                                     f"author={self.author_hint}" if self.author_hint else "") if q)
-        data = self.call("GET", f"/v1/chunks/{h}" + (f"?{query}" if query else ""))
+        params = {k: v for k, v in (("size", size), ("author", self.author_hint)) if v}
+        data = self.call("GET", f"/v1/chunks/{h}" + (f"?{urlencode(params)}" if params else ""))
         if chunk_hash(data) != h:
             raise CorruptChunk(f"chunk {h} arrived with other content")
         return data
