@@ -229,8 +229,8 @@ class ChunkReplicator:
                     raise Unavailable(f"chunk {h} did not arrive intact from {holder[:12]}")
                 await self.repo._in_thread(self.repo.chunks.write, h, data)
                 stored.append((h, len(data)))
-        # A chunk found here may have been renamed in by another request whose fsync has not ended:
-        # every directory with a rename not yet covered by an fsync is synced (none, usually).
+        # A chunk found here may have been named by another request whose fsync has not ended:
+        # every directory with a new name not yet covered by an fsync is synced (none, usually).
         if self.repo.chunks.dirs_to_sync(hashes):
             await self.repo._in_thread(self.repo.chunks.sync_dirs, hashes)
         if stored:  # nothing new: nothing to record

@@ -64,8 +64,8 @@ class ChunkStore:
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)
         self._lock = threading.Lock()
-        self._renamed: dict[str, int] = {f"{i:02x}": 1 for i in range(256)}  # new names in each directory
-        self._synced: dict[str, int] = dict.fromkeys(self._renamed, 0)  # ... that its last fsync covered
+        self._named: dict[str, int] = {f"{i:02x}": 1 for i in range(256)}  # new names in each directory
+        self._synced: dict[str, int] = dict.fromkeys(self._named, 0)  # ... that its last fsync covered
 
     def path(self, h: str) -> Path:
         return self.root / h[:2] / h
@@ -138,7 +138,7 @@ class ChunkStore:
     def _count_new_name(self, prefix: str) -> None:
         # counted before the link or rename: an fsync of the directory that began earlier does not cover it
         with self._lock:
-            self._renamed[prefix] += 1
+            self._named[prefix] += 1
 
     def read(self, h: str) -> bytes:
         """The verified bytes of chunk ``h``; a corrupt copy is moved aside and never returned."""
@@ -174,15 +174,15 @@ class ChunkStore:
                 os.close(fd)
 
     def dirs_to_sync(self, hashes: list[str] | set[str]) -> list[str]:
-        """The directories of these chunks with a rename their last fsync did not cover."""
+        """The directories of these chunks with a new name (link or rename) their last fsync did not cover."""
         with self._lock:
-            return [p for p in {h[:2] for h in hashes} if self._synced[p] < self._renamed[p]]
+            return [p for p in {h[:2] for h in hashes} if self._synced[p] < self._named[p]]
 
     def sync_dirs(self, hashes: list[str] | set[str]) -> None:
-        """Make the renames of these chunks durable (one fsync per directory that has changed)."""
+        """Make the names of these chunks durable (one fsync per directory that has changed)."""
         for prefix in self.dirs_to_sync(hashes):
             with self._lock:
-                upto = self._renamed[prefix]
+                upto = self._named[prefix]
             fd = os.open(self.root / prefix, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(fd)
