@@ -324,7 +324,7 @@ class ChunkCache:
 
     def _write(self, h: str, data: bytes) -> bool:
         # No fsync: a torn cached copy fails its hash when read and is fetched again.
-        return self.chunks.write(h, data, fsync=False)
+        return self.chunks.write(h, data, fsync=False, direct=True)
 
     def _make_room(self, incoming: int) -> bool:
         """Evict LRU copies until ``incoming`` bytes fit; False if they cannot."""

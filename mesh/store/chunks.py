@@ -11,11 +11,20 @@ fsync began: each of the 256 directories has a counter of new names, and remembe
 last completed fsync covered. Concurrent commits into one directory share an fsync, and a commit
 of chunks that were already here (the same content again) pays none. Every directory counts as
 changed at start-up (a restarted daemon cannot know what the page cache still held).
+
+Copies fetched for a read may be written with O_DIRECT (``write(..., direct=True)``): the bytes go
+from one reused, page-aligned buffer per thread straight to the disk, not through new page-cache
+pages. On the 2-core VMs we measure on, a cold 1 GiB read inside a cluster spent 4.7 s of kernel
+time keeping its copy through the page cache against 0.6 s keeping none; O_DIRECT brings that to
+about 1.8 s (the memory of a fresh page-cache page is what costs, not the disk). Where the
+filesystem refuses O_DIRECT (EINVAL), the store falls back to buffered writes for good.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import mmap
 import os
 import threading
 import uuid
@@ -51,10 +60,24 @@ def _fd_dir() -> int:
         return _fd_dir_of[1]
 
 
+DIRECT_ALIGN = 4096  # O_DIRECT wants buffer, offset and length aligned; a page satisfies every device here
+_direct = threading.local()
+
+
+def _direct_buffer(size: int) -> mmap.mmap:
+    """This thread's page-aligned buffer for O_DIRECT writes, grown when a chunk needs more. One per
+    thread and reused: a fresh buffer per chunk would cost the very page faults O_DIRECT avoids."""
+    buf: mmap.mmap | None = getattr(_direct, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _direct.buf = mmap.mmap(-1, max(size, 2 << 20))
+    return buf
+
+
 class ChunkStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._tmpfile = True  # O_TMPFILE and /proc work here (cleared at the first refusal)
+        self.direct = True  # O_DIRECT works here (cleared at the first refusal)
         self.tmp = root / "tmp"
         self.quarantine = root / "quarantine"
         for d in (self.tmp, self.quarantine):
@@ -74,17 +97,25 @@ class ChunkStore:
         # a string path, not a Path: asked on the event loop for every chunk fetched or uploaded
         return os.path.exists(f"{self.root}/{h[:2]}/{h}")
 
-    def write(self, h: str, data: bytes | memoryview, *, fsync: bool = True) -> bool:
+    def write(self, h: str, data: bytes | memoryview, *, fsync: bool = True, direct: bool = False) -> bool:
         """Store ``data`` under ``h`` (the caller hashed it); return False if it was already there.
 
         The bytes go to an unnamed file in the chunk's own directory (O_TMPFILE), which is then linked
         under its name: a crash leaves nothing behind, and concurrent writes lock only their own
         directory (a shared tmp directory and a rename across directories made writers spin on each
-        other's directory locks). Where O_TMPFILE is missing, a named file in ``tmp`` is renamed."""
+        other's directory locks). Where O_TMPFILE is missing, a named file in ``tmp`` is renamed.
+        ``direct`` writes with O_DIRECT where the filesystem allows it (see the module's docstring)."""
         final = self.path(h)
         if final.exists():
             return False
         try:
+            if direct and self.direct and self._tmpfile:
+                try:
+                    return self._write_direct(final, data, fsync)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    self.direct = False  # this filesystem refuses O_DIRECT: buffered from now on
             if self._tmpfile:
                 try:
                     return self._write_linked(final, data, fsync)
@@ -113,6 +144,32 @@ class ChunkStore:
             self._count_new_name(final.parent.name)
             try:
                 # linkat(AT_SYMLINK_FOLLOW) through /proc: a plain link() would link the magic link itself
+                os.link(str(fd), final, src_dir_fd=_fd_dir(), follow_symlinks=True)
+            except FileExistsError:  # another writer linked the same chunk first
+                return False
+        finally:
+            os.close(fd)
+        return True
+
+    def _write_direct(self, final: Path, data: bytes | memoryview, fsync: bool) -> bool:
+        size = len(data)
+        padded = -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
+        buf = _direct_buffer(padded)
+        buf[:size] = data
+        buf[size:padded] = bytes(padded - size)  # the padding is cut off below; never another chunk's bytes
+        fd = os.open(final.parent, os.O_TMPFILE | os.O_WRONLY | os.O_DIRECT, 0o644)
+        try:
+            with memoryview(buf) as view:
+                done = 0
+                while done < padded:
+                    if done % DIRECT_ALIGN:  # a short write left us unaligned: finish it buffered
+                        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                    done += os.write(fd, view[done:padded])
+            os.ftruncate(fd, size)
+            if fsync:
+                os.fsync(fd)
+            self._count_new_name(final.parent.name)
+            try:
                 os.link(str(fd), final, src_dir_fd=_fd_dir(), follow_symlinks=True)
             except FileExistsError:  # another writer linked the same chunk first
                 return False
