@@ -1,12 +1,16 @@
 """Direct tests of one Issuer: the verbs, persistence before acknowledgement, restart, cache."""
 
 import random
+from dataclasses import replace
+
+import pytest
 
 from dht import Master
 from mesh.core.identity import Identity
-from mesh.core.issuance import Done, Issuer, IssuerConfig, Persist, Prepare, Send
-from mesh.core.manifest import ChunkRef, Draft
-from mesh.errors import Conflict
+from mesh.core.issuance import Accept, Ballot, Done, Entry, Issuer, IssuerConfig, Persist, Prepare, Send
+from mesh.core.issuance.messages import manifest_hash
+from mesh.core.manifest import ChunkRef, Draft, Manifest, issue
+from mesh.errors import Conflict, ProtocolError
 
 ME = Identity(b"m" * 32)
 PEER = Identity(b"p" * 32)
@@ -79,3 +83,43 @@ def test_prepare_goes_to_the_replica_set_with_a_ballot_of_the_current_epoch():
     prepares = [e for e in iss.drain() if isinstance(e, Send) and isinstance(e.message, Prepare)]
     assert [p.dest for p in prepares] == [PEER.node_id]
     assert prepares[0].message.ballot.epoch == 4 and prepares[0].message.ballot.node == ME.node_id
+
+
+THIRD = Identity(b"t" * 32)
+
+
+def _accept(signer: Identity, forge: bool = False):
+    """A replica (THIRD) of key "k", and an Accept of version 1 whose manifest ``signer`` signed."""
+    replica = Issuer(THIRD, IssuerConfig(replicas=3), random.Random(1))
+    replica.set_roster(0, [Master(ME.node_id), Master(PEER.node_id), Master(THIRD.node_id)], 0.0)
+    replica.set_live([ME.node_id, PEER.node_id], 0.0)
+    manifest = issue(DRAFT, 1, 0, 1.0, signer)
+    if forge:
+        manifest = replace(manifest, author="mallory")  # signature no longer matches
+    blob = manifest.encode()
+    entry = Entry(1, Ballot(0, 1, signer.node_id), manifest_hash(blob), blob, "r1")
+    return replica, Accept("k", entry)
+
+
+def _sent(iss):
+    return [type(e.message).__name__ for e in iss.drain() if isinstance(e, Send)]
+
+
+def test_a_replica_takes_the_issuers_manifest_on_the_frames_signature(monkeypatch):
+    """The sender is authenticated by its frame: a manifest it issued needs no second check."""
+    checks = []
+    real = Manifest.verify
+    monkeypatch.setattr(Manifest, "verify", lambda self: (checks.append(self.version), real(self))[1])
+    replica, accept = _accept(ME)
+    replica.receive(ME.node_id, accept, 1.0)
+    assert _sent(replica) == ["Accepted"] and checks == []
+
+
+def test_a_manifest_relayed_by_another_master_is_checked_and_a_forged_one_refused():
+    replica, accept = _accept(ME)  # PEER re-proposes ME's slot: checked, and it is good
+    replica.receive(PEER.node_id, accept, 1.0)
+    assert _sent(replica) == ["Accepted"]
+    replica, forged = _accept(ME, forge=True)
+    with pytest.raises(ProtocolError, match="bad_signature"):
+        replica.receive(PEER.node_id, forged, 1.0)
+    assert "Accepted" not in _sent(replica)
