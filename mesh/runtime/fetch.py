@@ -538,7 +538,9 @@ class _Read:
         repo = self.r.repo
         h, size = e.ref.hash, e.ref.size
         try:
-            kept = await repo.cache.store_fetched(h, e.data, repo.executor)
+            # a copy from a holder of this cluster skips the page cache (see ChunkStore.write); one
+            # that crossed the WAN is the copy this cluster's other hosts will fetch next: buffered
+            kept = await repo.cache.store_fetched(h, e.data, repo.executor, direct=not e.via_wan)
         except (EltonError, OSError) as exc:  # the reader still gets the bytes; we just do not hold them
             log.warning("keeping a fetched chunk failed: %s", exc)
             kept = False

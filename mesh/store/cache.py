@@ -269,10 +269,12 @@ class ChunkCache:
 
     # -- storing a fetched chunk ------------------------------------------------------------------------
 
-    async def store_fetched(self, h: str, data: bytes, executor: Executor | None = None) -> bool:
+    async def store_fetched(self, h: str, data: bytes, executor: Executor | None = None, *,
+                            direct: bool = False) -> bool:
         """Keep a fetched, verified chunk as a cached copy, evicting LRU copies to make room.
         Returns False when it does not fit (everything left is pinned): the caller serves the bytes
-        without keeping them. Raises what the disk raises (StorageFull)."""
+        without keeping them. Raises what the disk raises (StorageFull). ``direct`` writes the file
+        with O_DIRECT, past the page cache (``ChunkStore.write``)."""
         size = len(data)
         if h in self._storing:  # another fetch is writing it
             return True
@@ -293,7 +295,7 @@ class ChunkCache:
         created = False
         try:
             loop = asyncio.get_running_loop()
-            created = await loop.run_in_executor(executor, self._write, h, data)
+            created = await loop.run_in_executor(executor, self._write, h, data, direct)
             use = self._seq
             self._seq += 1
             if h in self.policy:
@@ -322,9 +324,9 @@ class ChunkCache:
                 self._used(h)
         return True
 
-    def _write(self, h: str, data: bytes) -> bool:
+    def _write(self, h: str, data: bytes, direct: bool = False) -> bool:
         # No fsync: a torn cached copy fails its hash when read and is fetched again.
-        return self.chunks.write(h, data, fsync=False, direct=True)
+        return self.chunks.write(h, data, fsync=False, direct=direct)
 
     def _make_room(self, incoming: int) -> bool:
         """Evict LRU copies until ``incoming`` bytes fit; False if they cannot."""

@@ -12,11 +12,13 @@ last completed fsync covered. Concurrent commits into one directory share an fsy
 of chunks that were already here (the same content again) pays none. Every directory counts as
 changed at start-up (a restarted daemon cannot know what the page cache still held).
 
-Copies fetched for a read may be written with O_DIRECT (``write(..., direct=True)``): the bytes go
-from one reused, page-aligned buffer per thread straight to the disk, not through new page-cache
-pages. On the 2-core VMs we measure on, a cold 1 GiB read inside a cluster spent 4.7 s of kernel
-time keeping its copy through the page cache against 0.6 s keeping none; O_DIRECT brings that to
-about 1.8 s (the memory of a fresh page-cache page is what costs, not the disk). Where the
+Copies fetched from a holder of the reader's own cluster are written with O_DIRECT
+(``write(..., direct=True)``): the bytes go from one reused, page-aligned buffer per thread straight
+to the disk, not through new page-cache pages. On the 2-core VMs we measure on, a cold 1 GiB read
+inside a cluster spent 4.7 s of kernel time keeping its copy through the page cache against 0.6 s
+keeping none (the memory behind a fresh page-cache page is what costs, not the disk); O_DIRECT
+brings that to about 1.8 s. The price: the first re-read of such a copy comes from the disk, not
+from memory. Copies that crossed the WAN stay buffered (see ``mesh.runtime.fetch``). Where the
 filesystem refuses O_DIRECT (EINVAL), the store falls back to buffered writes for good.
 """
 

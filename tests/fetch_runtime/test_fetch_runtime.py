@@ -52,6 +52,45 @@ def test_read_elsewhere_one_wan_transfer_per_chunk(tmp_path):
     run_bounded(run())
 
 
+def test_copies_from_the_own_cluster_skip_the_page_cache_and_wan_copies_do_not(tmp_path, monkeypatch):
+    """A cached copy fetched from a holder of the reader's cluster is written with O_DIRECT; one that
+    crossed the WAN (the copy the cluster's other hosts fetch next) goes through the page cache."""
+    from mesh.store.chunks import ChunkStore
+
+    written: dict[tuple[str, bool], int] = {}
+    real = ChunkStore.write
+
+    def spy(self, h, data, *, fsync=True, direct=False):  # type: ignore[no-untyped-def]
+        created = real(self, h, data, fsync=fsync, direct=direct)
+        if created:
+            written[(str(self.root), direct)] = written.get((str(self.root), direct), 0) + len(data)
+        return created
+
+    monkeypatch.setattr(ChunkStore, "write", spy)
+
+    async def run() -> None:
+        nodes = await make_mesh(tmp_path, LAYOUT)
+        try:
+            data = os.urandom(SIZE)
+            manifest = await nodes["a1"].put("big", data)
+            await wait_known(nodes["b1"], manifest, "a")
+            readers = [nodes[n] for n in ("b0", "b1", "b2")]
+            assert all(g == data for g in await asyncio.gather(*(r.read("big") for r in readers)))
+            for r in readers:
+                root = str(r.repo.chunks.root)
+                pairs = r.remote.metrics.bytes_by_pair
+                assert written.get((root, True), 0) == pairs[("b", "b")]
+                assert written.get((root, False), 0) == pairs[("a", "b")]
+            assert sum(written.get((str(r.repo.chunks.root), True), 0) for r in readers) > 0  # both kinds ran
+            assert all(r.repo.chunks.direct for r in readers)  # O_DIRECT was not refused here
+            again = await asyncio.gather(*(r.read("big", 1) for r in readers))  # the copies read back whole
+            assert all(g == data for g in again)
+        finally:
+            await close_mesh(nodes)
+
+    run_bounded(run())
+
+
 def test_chunks_from_one_holder_share_signed_requests(tmp_path):
     """A cold read inside a cluster asks its holder for several chunks per signed request (the
     planner's parallel requests to one holder are batched), and gets every byte right."""
@@ -167,9 +206,9 @@ def test_manifest_less_stream_one_lookup_one_request_per_chunk_and_stores_do_not
             release = asyncio.Event()
             real_store = a1.repo.cache.store_fetched
 
-            async def held_up(h, data, executor=None):
+            async def held_up(h, data, executor=None, *, direct=False):
                 await release.wait()
-                return await real_store(h, data, executor)
+                return await real_store(h, data, executor, direct=direct)
 
             a1.repo.cache.store_fetched = held_up  # type: ignore[method-assign]
             m = a1.remote.metrics

@@ -116,13 +116,16 @@ def test_other_errors_are_not_taken_for_a_missing_o_direct(tmp_path, monkeypatch
     assert store.direct is True
 
 
-def test_the_cache_keeps_fetched_copies_through_o_direct(tmp_path, opened):
+def test_the_cache_keeps_fetched_copies_through_o_direct_when_asked(tmp_path, opened):
     store = ChunkStore(tmp_path / "chunks")
     meta = MetaStore(tmp_path / "meta.sqlite")
     cache = ChunkCache(store, meta, 10 << 20)
     try:
         h, data = blob(700_000)
-        assert asyncio.run(cache.store_fetched(h, data))
+        assert asyncio.run(cache.store_fetched(h, data))  # by default through the page cache
+        assert not any(f & os.O_DIRECT for f in opened)
+        h, data = blob(700_000, 1)
+        assert asyncio.run(cache.store_fetched(h, data, direct=True))
         assert any(f & os.O_DIRECT for f in opened)
         assert store.read(h) == data
     finally:
