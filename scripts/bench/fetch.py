@@ -4,6 +4,7 @@ A file of --size-mib is written on c1h2. Then, each a fresh version so nothing i
   local    GET on the writing host (the single-host figure the others are compared with)
   cluster  cold GET on c1h3 or c1h1, whichever holds no copy (chunks fetched inside the cluster)
   wan      cold GET on c2h2 (chunks cross the WAN link, shaped to --wan-rate by tbf)
+  again    a second GET on the cluster's cold reader (its copies, from a neighbour, are on disk)
   warm     a second GET on c2h2 (from its cache)
 Medians of --rounds; reads go to /dev/null through curl inside the reading host.
 """
@@ -75,7 +76,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "fetch.json")
     args = ap.parse_args()
-    res: dict[str, list[float]] = {"local": [], "cluster": [], "wan": [], "warm": []}
+    res: dict[str, list[float]] = {"local": [], "cluster": [], "again": [], "wan": [], "warm": []}
     with tempfile.TemporaryDirectory(prefix="elton-fetch-") as work, Harness(Path(work), clusters=2, hosts=3,
                  wan_rate=args.wan_rate, health_timeout=60) as h:
         converged(h)
@@ -90,6 +91,7 @@ def main() -> int:
             res["local"].append(get(h, "c1h2", "bench/big", v))
             cold = cold_reader(h, chunk_hashes(writer / "big.bin"), ("c1h3", "c1h1"))  # not the copy's host
             res["cluster"].append(get(h, cold, "bench/big", v))
+            res["again"].append(get(h, cold, "bench/big", v))
             res["wan"].append(get(h, "c2h2", "bench/wan", w))
             res["warm"].append(get(h, "c2h2", "bench/wan", w))
             print({k: f"{x[-1] / 1e6:.0f} MB/s" for k, x in res.items()}, file=sys.stderr)
@@ -108,6 +110,7 @@ def main() -> int:
 |---|---|---|
 | GET on the writing host ({args.size_mib} MiB) | {med['local'] / 1e6:.0f} MB/s | |
 | cold, from another host of the cluster | {med['cluster'] / 1e6:.0f} MB/s | {report['cluster_vs_local']:.0%} of the local GET |
+| the same read again on that host (its cached copy) | {med['again'] / 1e6:.0f} MB/s | |
 | cold, across a {args.wan_rate} WAN link ({args.wan_size_mib} MiB) | {med['wan'] / 1e6:.1f} MB/s | {report['wan_vs_link']:.0%} of the link |
 | warm, from the reader's cache | {med['warm'] / 1e6:.0f} MB/s | |
 
