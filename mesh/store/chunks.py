@@ -113,7 +113,7 @@ class ChunkStore:
         try:
             if direct and self.direct and self._tmpfile:
                 try:
-                    return self._write_direct(final, data, fsync)
+                    return self._write_linked(final, data, fsync, direct=True)
                 except OSError as exc:
                     if exc.errno != errno.EINVAL:
                         raise
@@ -139,9 +139,12 @@ class ChunkStore:
         if fsync:
             os.fsync(fd)
 
-    def _write_linked(self, final: Path, data: bytes | memoryview, fsync: bool) -> bool:
-        fd = os.open(final.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
+    def _write_linked(self, final: Path, data: bytes | memoryview, fsync: bool, direct: bool = False) -> bool:
+        fd = os.open(final.parent, os.O_TMPFILE | os.O_WRONLY | (os.O_DIRECT if direct else 0), 0o644)
         try:
+            if direct:
+                self._write_aligned(fd, data)
+                data = b""  # written: what is left below is the fsync
             self._write_all(fd, data, fsync)
             self._count_new_name(final.parent.name)
             try:
@@ -153,31 +156,22 @@ class ChunkStore:
             os.close(fd)
         return True
 
-    def _write_direct(self, final: Path, data: bytes | memoryview, fsync: bool) -> bool:
+    @staticmethod
+    def _write_aligned(fd: int, data: bytes | memoryview) -> None:
+        """Write ``data`` to an O_DIRECT descriptor: through this thread's aligned buffer, padded to a
+        whole block, then cut back to its size."""
         size = len(data)
         padded = -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
         buf = _direct_buffer(padded)
         buf[:size] = data
         buf[size:padded] = bytes(padded - size)  # the padding is cut off below; never another chunk's bytes
-        fd = os.open(final.parent, os.O_TMPFILE | os.O_WRONLY | os.O_DIRECT, 0o644)
-        try:
-            with memoryview(buf) as view:
-                done = 0
-                while done < padded:
-                    if done % DIRECT_ALIGN:  # a short write left us unaligned: finish it buffered
-                        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-                    done += os.write(fd, view[done:padded])
-            os.ftruncate(fd, size)
-            if fsync:
-                os.fsync(fd)
-            self._count_new_name(final.parent.name)
-            try:
-                os.link(str(fd), final, src_dir_fd=_fd_dir(), follow_symlinks=True)
-            except FileExistsError:  # another writer linked the same chunk first
-                return False
-        finally:
-            os.close(fd)
-        return True
+        with memoryview(buf) as view:
+            done = 0
+            while done < padded:
+                if done % DIRECT_ALIGN:  # a short write left us unaligned: finish it buffered
+                    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                done += os.write(fd, view[done:padded])
+        os.ftruncate(fd, size)
 
     def _write_renamed(self, h: str, final: Path, data: bytes | memoryview, fsync: bool) -> bool:
         tmp = self.tmp / f"{h}.{uuid.uuid4().hex}"
