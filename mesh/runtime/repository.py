@@ -301,7 +301,10 @@ class Repository:
     def missing(self, hashes: list[str]) -> list[str]:
         for h in hashes:
             check_hash(h)
-        present = self.meta.has_chunks(hashes) | (self.cache.recording & set(hashes))
+        # the records being written are read first: one that commits (and leaves ``recording``, from the
+        # metadata thread) between the two reads is then seen by has_chunks, not missed by both
+        recording = self.cache.recording & set(hashes)
+        present = self.meta.has_chunks(hashes) | recording
         return [h for h in hashes if h not in present or not self.chunks.has(h)]
 
     async def commit(self, key: str, refs: list[ChunkRef], *, kind: str = "file", meta: dict | None = None,
