@@ -84,6 +84,15 @@ def majority(n: int) -> int:
     return n // 2 + 1
 
 
+def _from_sender(sender: str, blob: bytes, trusted: bool = False) -> Manifest:
+    """A manifest from master ``sender``, decoded; its signature checked unless ``trusted`` or the
+    sender issued it. The frame that carried it is signed by the sender and checked by the runtime
+    before ``receive``, so the manifest's own signature adds nothing then. One relayed by anyone else
+    (a new home re-proposing an old home's slot) is checked, and every reader checks it again."""
+    manifest = Manifest.from_wire(unpack(blob, MAX_MANIFEST))
+    return manifest if trusted or manifest.issuer == sender else manifest.verify()
+
+
 @dataclass
 class _Request:
     """A commit submitted at this master (we are its origin)."""
@@ -450,11 +459,8 @@ class Issuer:
             self._finish(msg.request_id, None, from_json({"error": msg.error_code, "message": msg.error_message}, 503))
             return
         # from this master (home of the key): the manifest it has just seen chosen, which it signed
-        # itself or checked when it accepted it; from the home that issued it: taken on the signature of
-        # the frame (see _manifest_of); from any other master: checked
-        manifest = Manifest.from_wire(unpack(msg.manifest, MAX_MANIFEST))
-        if sender not in (self.node_id, manifest.issuer):
-            manifest.verify()
+        # itself or checked when it accepted it
+        manifest = _from_sender(sender, msg.manifest, trusted=sender == self.node_id)
         if manifest.key != req.key:
             raise ProtocolError("bad_reply", "manifest of another key")
         self._remember(manifest)
@@ -566,18 +572,13 @@ class Issuer:
         self._send_accepts(msg.key, lead, now)
 
     def _manifest_of(self, sender: str, key: str, entry: Entry) -> Manifest:
-        """The manifest of an entry: decoded, and its signature checked unless ``sender`` signed it.
-
-        This master signed it just now (the very entry it is proposing as home, accepted here or
-        chosen), or the master that sent it issued it: the frame that carried it is signed by the
-        sender, checked by the runtime before ``receive``, so the manifest's own signature adds nothing
-        here, and a replica saves one check per accepted version. A manifest relayed by anyone else
-        (a new home re-proposing an old home's slot) is checked, and every reader checks it again."""
+        """The manifest of an entry, as ``_from_sender`` has it, or the one this master signed just now
+        (the very entry it is proposing as home, accepted here or chosen): a replica saves one
+        signature check per accepted version."""
         lead = self._leads.get(key)
         if sender == self.node_id and lead is not None and lead.issued is not None and lead.issued[0] is entry:
             return lead.issued[1]
-        manifest = Manifest.from_wire(unpack(entry.manifest, MAX_MANIFEST))
-        return manifest if manifest.issuer == sender else manifest.verify()
+        return _from_sender(sender, entry.manifest)
 
     def _on_accepted(self, sender: str, msg: Accepted, now: float) -> None:
         lead = self._leads.get(msg.key)
