@@ -142,10 +142,7 @@ class ChunkStore:
     def _write_linked(self, final: Path, data: bytes | memoryview, fsync: bool, direct: bool = False) -> bool:
         fd = os.open(final.parent, os.O_TMPFILE | os.O_WRONLY | (os.O_DIRECT if direct else 0), 0o644)
         try:
-            if direct:
-                self._write_aligned(fd, data)
-                data = b""  # written: what is left below is the fsync
-            self._write_all(fd, data, fsync)
+            (self._write_aligned if direct else self._write_all)(fd, data, fsync)
             self._count_new_name(final.parent.name)
             try:
                 # linkat(AT_SYMLINK_FOLLOW) through /proc: a plain link() would link the magic link itself
@@ -157,7 +154,7 @@ class ChunkStore:
         return True
 
     @staticmethod
-    def _write_aligned(fd: int, data: bytes | memoryview) -> None:
+    def _write_aligned(fd: int, data: bytes | memoryview, fsync: bool) -> None:
         """Write ``data`` to an O_DIRECT descriptor: through this thread's aligned buffer, padded to a
         whole block, then cut back to its size."""
         size = len(data)
@@ -172,6 +169,8 @@ class ChunkStore:
                     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
                 done += os.write(fd, view[done:padded])
         os.ftruncate(fd, size)
+        if fsync:
+            os.fsync(fd)
 
     def _write_renamed(self, h: str, final: Path, data: bytes | memoryview, fsync: bool) -> bool:
         tmp = self.tmp / f"{h}.{uuid.uuid4().hex}"
