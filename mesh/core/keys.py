@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from mesh.errors import InvalidKey
 
 MAX_KEY_BYTES = 1024
@@ -11,6 +13,12 @@ def validate_key(key: str) -> str:
     """Return ``key`` if it is valid, else raise InvalidKey naming the rule it breaks."""
     if not isinstance(key, str):
         raise InvalidKey("a key is a string")
+    return _validate_str(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _validate_str(key: str) -> str:
+    """Remembers the keys it passed: a commit's key is checked by every message that names it."""
     try:
         raw = key.encode("utf-8")
     except UnicodeEncodeError as exc:

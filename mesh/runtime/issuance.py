@@ -188,6 +188,7 @@ class IssuerService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._arm_pending = False
         self._poller: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -322,6 +323,15 @@ class IssuerService:
             fut.set_exception(done.error or Unavailable("commit failed"))
 
     def _arm(self) -> None:
+        """Re-arm the timer once per turn of the loop, however many pumps ran in it: the core's
+        next deadline is a scan of every request and lead, and under load one turn runs dozens of
+        pumps. A deadline met a turn late is met well within the core's retry interval."""
+        if not self._arm_pending:
+            self._arm_pending = True
+            asyncio.get_running_loop().call_soon(self._rearm)
+
+    def _rearm(self) -> None:
+        self._arm_pending = False
         deadline = None if self._closed else self.issuer.next_deadline()
         if deadline == self._timer_at and (deadline is None or self._timer is not None):
             return

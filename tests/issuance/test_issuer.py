@@ -123,3 +123,18 @@ def test_a_manifest_relayed_by_another_master_is_checked_and_a_forged_one_refuse
     with pytest.raises(ProtocolError, match="bad_signature"):
         replica.receive(PEER.node_id, forged, 1.0)
     assert "Accepted" not in _sent(replica)
+
+
+def test_replica_lists_follow_the_roster_they_were_computed_from():
+    from dht.placement import Placement
+
+    others = [Identity(bytes([i]) * 32) for i in range(1, 7)]
+    iss = Issuer(ME, IssuerConfig(replicas=3), random.Random(1))
+    keys = [f"r/k{i}" for i in range(200)]
+    rosters = [[ME, *others[:2]], [ME, *others[:5]], [ME, others[4], others[5]]]
+    for epoch, members in enumerate(rosters):
+        masters = [Master(m.node_id, f"c{i % 3}") for i, m in enumerate(members)]
+        iss.set_roster(epoch, masters, float(epoch))
+        expected = Placement(masters, iss.config.vnodes)
+        for key in keys:  # asked twice: the second answer comes from what was remembered
+            assert iss.replica_set(key) == iss.replica_set(key) == expected.replicas(key, 3, "mesh")

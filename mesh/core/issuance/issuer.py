@@ -78,6 +78,7 @@ class IssuerConfig:
 
 
 MAX_MANIFEST = 64 * 1024 * 1024  # as Manifest.decode
+MAX_REMEMBERED_LISTS = 65536  # keys whose replica list is kept between roster changes
 
 
 def majority(n: int) -> int:
@@ -167,6 +168,7 @@ class Issuer:
         self.rng = rng or random.Random(0)
         self.epoch = -1
         self._placement = Placement([], self.config.vnodes)
+        self._lists: dict[str, tuple[str, ...]] = {}  # key -> its list in the current roster
         self._previous: Placement | None = None
         self._live: set[str] = set()
         self._replica: dict[str, _Replica] = {}
@@ -211,6 +213,7 @@ class Issuer:
         self.epoch = epoch
         self._previous = old
         self._placement = Placement(masters, self.config.vnodes)
+        self._lists.clear()
         for key, lead in list(self._leads.items()):
             self._abandon(key, lead, now, backoff=False)
         if old is None:
@@ -235,8 +238,16 @@ class Issuer:
         return self._placement.replicas_of_id(kid, self.config.replicas, self.config.replica_scope)
 
     def replica_set(self, key: str) -> list[str]:
-        """The key's list in the current roster: home first, then its replicas."""
-        return self._list_of_id(key_id(key))
+        """The key's list in the current roster: home first, then its replicas.
+
+        Remembered per key until the roster changes: every commit asks for it (its route, its
+        home's check) and a walk of the ring costs more than the rest of routing together."""
+        found = self._lists.get(key)
+        if found is None:
+            if len(self._lists) >= MAX_REMEMBERED_LISTS:
+                self._lists.clear()
+            found = self._lists[key] = tuple(self._list_of_id(key_id(key)))
+        return list(found)
 
     def home_of(self, key: str) -> str | None:
         """The first master of the key's list that is alive in this master's view."""
