@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import blake3
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -60,3 +61,12 @@ class Identity:
 
     def sign(self, message: bytes) -> bytes:
         return self._signing_key.sign(message).signature
+
+    @cached_property
+    def _exchange_key(self) -> bytes:
+        return bytes(self._signing_key.to_curve25519_private_key())
+
+    def exchange(self, their_x25519_public: bytes) -> bytes:
+        """X25519 of this host's key (its ed25519 key seen as X25519) with a peer's public key; the
+        private key stays in here. Raises nacl's CryptoError for a low-order point."""
+        return nacl.bindings.crypto_scalarmult(self._exchange_key, their_x25519_public)

@@ -7,9 +7,11 @@ the gossip layer, carries out its effects, and pumps it on one re-armed timer. O
 
 Effects keep the core's rule: a ``Persist`` is group-committed through ``MetaStore.write``, and
 no ``Send``/``Done`` drained after it goes out before it (and every earlier one) is durable.
-Sends go as signed TCP frames over one long-lived stream per destination master (kind
-``issuance_stream``: the first frame opens it like any gossip TCP request, more frames follow on
-the same connection, none is answered; replies travel as frames of their own). One task per
+Sends go as TCP frames over one long-lived stream per destination master (kind
+``issuance_stream``: the first frame opens it like any gossip TCP request, a signed envelope that
+also offers the stream's key; more frames follow on the same connection, each with a MAC under
+that key (``mesh.core.stream_auth``), none is answered; replies travel as frames of their own,
+on the other master's stream to this one). One task per
 destination writes a frame whenever messages wait; messages produced while a frame is written
 wait in the link's bounded buffer and leave together in the next frame (batching grows with load,
 like the group commit). A stream idle for ``STREAM_IDLE`` is closed. Beyond ``max_buffered``
@@ -55,6 +57,7 @@ from typing import Any
 import blake3
 
 from dht.placement import Master
+from mesh.core import stream_auth
 from mesh.core.admission import AdmissionState
 from mesh.core.codec import MAX_STREAM_MESSAGE, open_envelope, pack
 from mesh.core.identity import Identity
@@ -382,6 +385,8 @@ class IssuerService:
         the next frame. A frame that cannot be written is dropped and counted (the core resends)."""
         reader: asyncio.StreamReader | None = None
         writer: asyncio.StreamWriter | None = None
+        mac: stream_auth.FrameMac | None = None  # the stream's frames after the first (stream_auth)
+        offered: tuple[bytes, bytes] | None = None
         try:
             while not self._closed:
                 if not link.buffer:
@@ -403,6 +408,7 @@ class IssuerService:
                     if writer is not None:
                         writer.close()
                         reader = writer = None
+                    mac, offered = None, self._stream_offer(dest)
                     try:
                         reader, writer = await asyncio.wait_for(self._open_stream(member.gossip), self.config.send_timeout)
                     except (OSError, TimeoutError) as exc:
@@ -417,10 +423,19 @@ class IssuerService:
                     msg = link.buffer.popleft()
                     frame.append(message_to_wire(msg))
                     size += _wire_size(msg)
-                body = {"e": self.roster.epoch, "d": self.roster.digest, "ms": frame}
+                body: dict[str, Any] = {"e": self.roster.epoch, "d": self.roster.digest, "ms": frame}
+                if mac is not None:
+                    data = mac.seal(body)
+                else:  # the stream's first frame: a signed envelope, with the key offer if any
+                    if offered is not None:
+                        body["k"] = offered[0]
+                    data = self.gossip.seal(STREAM_KIND, body)
+                    mac = stream_auth.FrameMac(offered[1]) if offered is not None else None
+                    self._count("frames_signed")
                 try:
-                    self._write_frame(writer, member.gossip, self.gossip.seal(STREAM_KIND, body))
-                    await asyncio.wait_for(writer.drain(), self.config.send_timeout)
+                    self._write_frame(writer, member.gossip, data)
+                    if writer.transport.get_write_buffer_size():  # else nothing to wait for
+                        await asyncio.wait_for(writer.drain(), self.config.send_timeout)
                     self._count("frames_sent")
                 except (OSError, TimeoutError) as exc:
                     self._count("send_failed")
@@ -430,6 +445,18 @@ class IssuerService:
         finally:
             if writer is not None:
                 writer.close()
+
+    def _stream_offer(self, dest: str) -> tuple[bytes, bytes] | None:
+        """The key offer for a new stream to ``dest`` (see stream_auth), or None to sign every frame
+        (no certificate of it here, which the receiver would refuse anyway)."""
+        admission = self.gossip.admission
+        cert = admission.certificates.get(dest) if admission is not None else None
+        if cert is None:
+            return None
+        try:
+            return stream_auth.offer(self.identity, cert.public_key)
+        except ProtocolError:
+            return None
 
     async def _open_stream(self, addr: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A TCP stream to a master's gossip port (tests wrap this to cut links)."""
@@ -448,6 +475,8 @@ class IssuerService:
     async def _on_stream(self, request: StreamRequest) -> None:
         """A stream of frames from one master: the first came with the request, more follow on the
         same connection, each a signed envelope of the same sender with a higher seq. No replies."""
+        offer = request.body.get("k") if isinstance(request.body, dict) else None
+        mac = stream_auth.FrameMac(stream_auth.answer(self.identity, request.public_key, offer)) if offer is not None else None
         self._take_frame(request.sender, request.body)
         if self._closed or len(self._sessions) >= MAX_SESSIONS:
             self._count("stream_refused")  # the sender sees the close and opens a new stream next time
@@ -460,15 +489,19 @@ class IssuerService:
                     data = await asyncio.wait_for(read_frame(request.reader), STREAM_RECV_IDLE)
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     return None
-                env = open_envelope(data, MAX_STREAM_MESSAGE)  # a bad one ends the stream, counted by gossip
-                if env.kind != STREAM_KIND or env.sender_public_key != request.public_key or env.seq <= seq:
-                    raise ProtocolError("bad_stream", "frame of another kind, sender or an old seq")
-                seq = env.seq
+                # a bad frame ends the stream (gossip counts the drop by its reason)
+                if mac is not None:
+                    body = mac.open(data, MAX_STREAM_MESSAGE)
+                else:
+                    env = open_envelope(data, MAX_STREAM_MESSAGE)
+                    if env.kind != STREAM_KIND or env.sender_public_key != request.public_key or env.seq <= seq:
+                        raise ProtocolError("bad_stream", "frame of another kind, sender or an old seq")
+                    seq, body = env.seq, env.body
                 admission = self.gossip.admission
                 status = "unadmitted" if admission is None else admission.status(request.sender)
                 if status != "admitted":
                     raise ProtocolError(status)
-                self._take_frame(request.sender, env.body)
+                self._take_frame(request.sender, body)
             return None
         finally:
             self._sessions.discard(request.writer)

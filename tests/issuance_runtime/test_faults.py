@@ -157,3 +157,53 @@ def test_a_stream_takes_frames_in_order_from_its_sender_and_ends_on_an_old_seq_o
         finally:
             await close_all(hosts)
     run(main())
+
+
+def test_a_keyed_stream_signs_its_first_frame_only_and_ends_on_a_frame_without_its_mac(tmp_path):
+    """After the first frame (signed, with the key offer) a stream's frames carry a MAC under the
+    stream's key instead of a signature; a frame without it ends the stream unread."""
+    import asyncio
+
+    from mesh.core import stream_auth
+    from mesh.runtime.gossip import write_frame
+    from mesh.runtime.issuance import STREAM_KIND
+    from tests.issuance_runtime.helpers import identity
+
+    async def main():
+        hosts = await make_mesh(tmp_path, THREE)
+        try:
+            for i in range(40):
+                assert (await hosts[i % 3].issue(draft(f"m/k{i % 7}", f"v{i}"))).version >= 1
+            for h in hosts:
+                c = h.service.counters
+                # one signed frame per stream to each other master (none was cut), every other one MAC'd
+                assert 1 <= c["frames_signed"] <= 2 < c["frames_sent"], c
+
+            target, sender = hosts[1], hosts[0]
+            roster = target.service.roster
+            stale = {"e": roster.epoch + 5, "d": roster.digest, "ms": []}  # read, then counted as roster_mismatch
+            ephemeral, key = stream_auth.offer(identity(sender.index), identity(target.index).public_key)
+            mac = stream_auth.FrameMac(key)
+
+            def mismatches():
+                return target.service.counters.get("roster_mismatch", 0)
+
+            async def stream(frames):
+                reader, writer = await asyncio.open_connection(*target.gossip.address)
+                for f in frames:
+                    write_frame(writer, f)
+                await writer.drain()
+                with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+                    await asyncio.wait_for(reader.readexactly(1), 5)  # the receiver closes, never answers
+                writer.close()
+
+            n0, bad0 = mismatches(), target.gossip.drops.get("bad_mac", 0)
+            await stream([sender.gossip.seal(STREAM_KIND, {**stale, "k": ephemeral}), mac.seal(stale),
+                          sender.gossip.seal(STREAM_KIND, stale),  # signed, but this stream takes MACs only
+                          mac.seal(stale)])
+            assert mismatches() == n0 + 2  # the first frame and the MAC'd one; nothing after the signed one
+            assert target.gossip.drops.get("bad_mac", 0) == bad0 + 1
+            assert (await hosts[2].issue(draft("m/after", "still fine"))).version == 1
+        finally:
+            await close_all(hosts)
+    run(main())
