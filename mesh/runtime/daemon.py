@@ -7,6 +7,7 @@ runs it on uvloop and returns an exit code.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -35,6 +36,7 @@ from mesh.runtime.transfer import ChunkServer
 
 log = logging.getLogger("elton.daemon")
 DRAIN_SECONDS = 10.0
+GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (CPython: 700)
 VERSION = "0.1.0"
 
 
@@ -74,6 +76,7 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
                 "store": {"chunks": chunks, "bytes": stored, "keys": keys, "versions": versions,
                           "disk_free": disk.free, "disk_total": disk.total},
                 "cache": repo.cache.stats(),
+                **({"issuance": issuer.info()} if issuer is not None else {}),
             }
 
         api = Api(repo, status, config.max_object_size, http_token=config.http_token)
@@ -115,6 +118,7 @@ async def run_daemon(config: Config, stop: asyncio.Event | None = None) -> None:
             "started_at": started_at,
         })
         datadir.write_runtime({**info, "role": config.role, "cluster": config.cluster})
+        gc.freeze()  # what start-up built lives as long as the daemon: later collections skip it
         log.warning("eltond ready", extra={"node_id": identity.node_id, "http": info["http"]})
         await stop.wait()
         log.warning("eltond stopping: draining requests")
@@ -175,6 +179,10 @@ def _url_host(host: str) -> str:
 
 
 def serve(config: Config) -> int:
+    # Fewer, later garbage collections: a commit allocates a few hundred short-lived objects, and
+    # at the default threshold (700) the collector ran every few commits and took 2-3% of the
+    # daemon's CPU. Nearly all of them are freed by reference counting; cycles wait a little longer.
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run_daemon(config))
     return 0

@@ -227,6 +227,8 @@ def test_status_reports_store(shared_eltond):
     st = shared_eltond.client().status()
     assert st["role"] == "both" and st["cluster"] == "default" and st["store"]["keys"] >= 0
     assert st["http_url"] == shared_eltond.url
+    issuance = st["issuance"]  # a single host is its own mesh's only master
+    assert issuance["role"] == "master" and issuance["masters"] == 1 and isinstance(issuance["counters"], dict)
 
 
 def test_reads_then_commits_on_one_connection_never_commit_twice(shared_eltond):
