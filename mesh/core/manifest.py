@@ -68,7 +68,9 @@ class Manifest:
         return pack(d)
 
     def signed(self, identity: Identity) -> Manifest:
-        unsigned = replace(self, issuer_public_key=identity.public_key, signature=b"")
+        unsigned = self
+        if self.issuer_public_key != identity.public_key or self.signature:  # issue() builds it unsigned
+            unsigned = replace(self, issuer_public_key=identity.public_key, signature=b"")
         return replace(unsigned, signature=identity.sign(unsigned._signed_part()))
 
     def verify(self) -> Manifest:

@@ -107,6 +107,11 @@ LIVE_STATES = (MemberState.ALIVE, MemberState.SUSPECT)
 IssueFn = Callable[[Draft, "int | None"], Awaitable[Manifest]]
 
 
+def _fail_if_pending(fut: asyncio.Future[Any], error: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(error)
+
+
 @dataclass(frozen=True)
 class IssuanceSettings:
     """What the daemon's config feeds the service (see the report for the Config names)."""
@@ -548,15 +553,19 @@ class IssuerService:
         if self.roster is None:
             raise Unavailable("this master has not joined a mesh yet: no roster of masters")
         rid = f"{self.id[:8]}-{self.rng.getrandbits(64):016x}"
-        fut: asyncio.Future[Manifest] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Manifest] = loop.create_future()
         self._waiters[rid] = fut
         self.issuer.submit(rid, draft, expected_parent, self.clock())
         self._pump()
+        # The core answers every request by its deadline; this timer only guards against a bug
+        # there (a plain timer: wait_for and shield cost more than the rest of this method).
+        late = ReplicasUnreachable(f"key {draft.key!r}: no answer within {self.config.commit_timeout:g} s")
+        guard = loop.call_later(self.config.commit_timeout + 5.0, _fail_if_pending, fut, late)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.config.commit_timeout + 5.0)
-        except TimeoutError:
-            raise ReplicasUnreachable(f"key {draft.key!r}: no answer within {self.config.commit_timeout:g} s") from None
+            return await fut
         finally:
+            guard.cancel()
             self._waiters.pop(rid, None)
 
     async def _on_commit_request(self, request: StreamRequest) -> Any:

@@ -44,3 +44,27 @@ def test_masters_issue_consecutive_versions_and_nodes_forward(tmp_path):
         finally:
             await close_all(hosts)
     run(main())
+
+
+def test_a_commit_the_core_never_answers_fails_after_its_guard_and_leaves_no_waiter(tmp_path):
+    """The core answers every commit by its deadline; if it ever did not, the commit still ends, with
+    ReplicasUnreachable, five seconds after commit_timeout."""
+    import dataclasses
+    import time
+
+    from mesh.errors import ReplicasUnreachable
+    from tests.issuance_runtime.helpers import SETTINGS
+
+    async def main():
+        settings = dataclasses.replace(SETTINGS, commit_timeout=0.5, retry_interval=0.1)
+        hosts = await make_mesh(tmp_path, [("a", "master")], settings)
+        try:
+            service = hosts[0].service
+            service.issuer.submit = lambda *args: None  # a core that loses the request
+            t = time.monotonic()
+            with pytest.raises(ReplicasUnreachable, match="no answer within 0.5 s"):
+                await service.issue(draft("g/k", "lost"))
+            assert 5.4 <= time.monotonic() - t < 8 and not service._waiters
+        finally:
+            await close_all(hosts)
+    run(main())
