@@ -35,7 +35,7 @@ OPENAPI: dict[str, Any] = {
     "info": {"title": "Elton node API", "version": "1"},
     "paths": {
         "/v1/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
-        "/v1/status": {"get": {"summary": "Identity, role, addresses, store usage, cache usage",
+        "/v1/status": {"get": {"summary": "Identity, role, addresses, store usage, cache usage, issuance service counters",
                                "responses": {"200": {"description": "status"}}}},
         "/v1/keys": {"get": {
             "summary": "List keys with their latest version",
