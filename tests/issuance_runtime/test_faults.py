@@ -3,12 +3,14 @@ unreachable replicas, queued commits issued after the partition heals, malformed
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 import uvloop
 
 from mesh.errors import ReplicasUnreachable
+from mesh.runtime.gossip import write_frame
 from mesh.runtime.issuance import CommitQueued, PendingCommits, queue_commits
 from mesh.runtime.issuance_store import PendingStore
 from tests.issuance_runtime.helpers import SETTINGS, close_all, draft, heal, make_mesh, partition, wait_for
@@ -18,6 +20,17 @@ THREE = [("a", "master"), ("b", "master"), ("c", "master")]
 
 def run(coro):
     return uvloop.run(coro)
+
+
+async def stream_frames(target, frames):
+    """Write raw frames on one connection to ``target``'s gossip port; it must close it, never answer."""
+    reader, writer = await asyncio.open_connection(*target.gossip.address)
+    for f in frames:
+        write_frame(writer, f)
+    await writer.drain()
+    with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+        await asyncio.wait_for(reader.readexactly(1), 5)
+    writer.close()
 
 
 def test_every_master_crashes_and_restarts_and_the_counters_continue(tmp_path):
@@ -118,9 +131,7 @@ def test_malformed_stale_and_foreign_frames_are_dropped_and_counted(tmp_path):
 def test_a_stream_takes_frames_in_order_from_its_sender_and_ends_on_an_old_seq_or_another_sender(tmp_path):
     """Frames of kind issuance_stream after the first ride one connection: each must be a valid envelope
     of the same sender with a higher seq; anything else ends the stream (counted by gossip as a drop)."""
-    import asyncio
 
-    from mesh.runtime.gossip import write_frame
     from mesh.runtime.issuance import STREAM_KIND
 
     async def main():
@@ -131,15 +142,6 @@ def test_a_stream_takes_frames_in_order_from_its_sender_and_ends_on_an_old_seq_o
             empty = {"e": roster.epoch, "d": roster.digest, "ms": []}
             stale = {"e": roster.epoch + 5, "d": roster.digest, "ms": []}  # read, then counted as roster_mismatch
 
-            async def stream(frames):
-                reader, writer = await asyncio.open_connection(*target.gossip.address)
-                for f in frames:
-                    write_frame(writer, f)
-                await writer.drain()
-                with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
-                    await asyncio.wait_for(reader.readexactly(1), 5)  # the receiver closes, never answers
-                writer.close()
-
             def mismatches():
                 return target.service.counters.get("roster_mismatch", 0)
 
@@ -149,9 +151,9 @@ def test_a_stream_takes_frames_in_order_from_its_sender_and_ends_on_an_old_seq_o
             first, second = sender.gossip.seal(STREAM_KIND, empty), sender.gossip.seal(STREAM_KIND, empty)
             third = sender.gossip.seal(STREAM_KIND, stale)
             n0, b0 = mismatches(), bad()
-            await stream([first, second, third, second, sender.gossip.seal(STREAM_KIND, stale)])
+            await stream_frames(target, [first, second, third, second, sender.gossip.seal(STREAM_KIND, stale)])
             assert (mismatches(), bad()) == (n0 + 1, b0 + 1)  # in order read; the old seq ended the stream
-            await stream([sender.gossip.seal(STREAM_KIND, empty), other.gossip.seal(STREAM_KIND, stale)])
+            await stream_frames(target, [sender.gossip.seal(STREAM_KIND, empty), other.gossip.seal(STREAM_KIND, stale)])
             assert (mismatches(), bad()) == (n0 + 1, b0 + 2)  # another sender's frame is not read
             assert (await hosts[2].issue(draft("s/k", "still fine"))).version == 1
         finally:
@@ -162,10 +164,8 @@ def test_a_stream_takes_frames_in_order_from_its_sender_and_ends_on_an_old_seq_o
 def test_a_keyed_stream_signs_its_first_frame_only_and_ends_on_a_frame_without_its_mac(tmp_path):
     """After the first frame (signed, with the key offer) a stream's frames carry a MAC under the
     stream's key instead of a signature; a frame without it ends the stream unread."""
-    import asyncio
 
     from mesh.core import stream_auth
-    from mesh.runtime.gossip import write_frame
     from mesh.runtime.issuance import STREAM_KIND
     from tests.issuance_runtime.helpers import identity
 
@@ -188,17 +188,8 @@ def test_a_keyed_stream_signs_its_first_frame_only_and_ends_on_a_frame_without_i
             def mismatches():
                 return target.service.counters.get("roster_mismatch", 0)
 
-            async def stream(frames):
-                reader, writer = await asyncio.open_connection(*target.gossip.address)
-                for f in frames:
-                    write_frame(writer, f)
-                await writer.drain()
-                with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
-                    await asyncio.wait_for(reader.readexactly(1), 5)  # the receiver closes, never answers
-                writer.close()
-
             n0, bad0 = mismatches(), target.gossip.drops.get("bad_mac", 0)
-            await stream([sender.gossip.seal(STREAM_KIND, {**stale, "k": ephemeral}), mac.seal(stale),
+            await stream_frames(target, [sender.gossip.seal(STREAM_KIND, {**stale, "k": ephemeral}), mac.seal(stale),
                           sender.gossip.seal(STREAM_KIND, stale),  # signed, but this stream takes MACs only
                           mac.seal(stale)])
             assert mismatches() == n0 + 2  # the first frame and the MAC'd one; nothing after the signed one
