@@ -71,14 +71,57 @@ def schema_op(statements: Iterable[str]) -> Callable[[sqlite3.Connection], None]
     return op
 
 
+Waiter = Future[Any] | asyncio.Future[Any]  # submit's (any thread) or write's (an event loop's)
+Operation = Callable[[sqlite3.Connection], Any]
+
+
+def _claim(fut: Waiter) -> bool:
+    """False if the caller gave up while queued (its operation is not run). A claimed concurrent
+    future can no longer be cancelled; an event loop's can, and then its result is dropped."""
+    if isinstance(fut, Future):
+        return fut.set_running_or_notify_cancel()
+    return not fut.cancelled()
+
+
+def _settle(outcomes: list[tuple[Waiter, bool, Any]]) -> None:
+    """Set each future's result or exception: concurrent ones here, each event loop's in one call."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for fut, ok, value in outcomes:
+        if isinstance(fut, Future):
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        else:
+            by_loop.setdefault(fut.get_loop(), []).append((fut, ok, value))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_on_loop, items)
+        except RuntimeError:  # the loop is closed: nobody waits for these any more
+            pass
+
+
+def _settle_on_loop(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in items:
+        if fut.done():  # its caller was cancelled meanwhile
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
 class MetaStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._writer = _connect(path)
         self._writer.executescript(SCHEMA)
         self._local = threading.local()
-        self._queue: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], Future[Any], bool] | None] = (
-            queue.Queue()
+        # SimpleQueue: a put is one C call, not a Python lock and condition (every commit queues two)
+        self._queue: queue.SimpleQueue[tuple[Operation, Waiter, bool] | None] = (
+            queue.SimpleQueue()
         )
         self._synchronous = "FULL"
         self._thread = threading.Thread(target=self._run, name="meta-writer", daemon=True)
@@ -93,7 +136,11 @@ class MetaStore:
         return fut
 
     async def write(self, op: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
-        return await asyncio.wrap_future(self.submit(op, durable))
+        """``submit`` for the event loop: the writer thread settles a whole batch's futures with one
+        call into the loop, instead of one concurrent future, wrapper and wake-up per operation."""
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put((op, fut, durable))
+        return await fut
 
     def write_sync(self, op: Callable[[sqlite3.Connection], T]) -> T:
         return self.submit(op).result()
@@ -115,11 +162,11 @@ class MetaStore:
                 batch.append(nxt)
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any], bool]]) -> None:
+    def _commit(self, batch: list[tuple[Operation, Waiter, bool]]) -> None:
         # A caller that was cancelled while queued has no operation to run; claiming the others
         # (running) means nobody can cancel them now, so setting their results cannot fail and
         # kill this thread.
-        batch = [item for item in batch if item[1].set_running_or_notify_cancel()]
+        batch = [item for item in batch if _claim(item[1])]
         if not batch:
             return
         conn = self._writer
@@ -127,7 +174,7 @@ class MetaStore:
         if synchronous != self._synchronous:  # outside a transaction: SQLite ignores it inside one
             conn.execute(f"PRAGMA synchronous={synchronous}")
             self._synchronous = synchronous
-        results: list[tuple[Future[Any], bool, Any]] = []
+        results: list[tuple[Waiter, bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, fut, _ in batch:
@@ -143,15 +190,9 @@ class MetaStore:
         except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for _, fut, _ in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
+            _settle([(fut, False, exc) for _, fut, _ in batch])
             return
-        for fut, ok, value in results:
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+        _settle(results)
 
     def close(self) -> None:
         self._queue.put(None)

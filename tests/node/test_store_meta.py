@@ -44,3 +44,41 @@ def test_a_batch_of_only_non_durable_writes_commits_without_fsync_and_the_next_d
     assert seen == [1, 2], "NORMAL (1) for a non-durable batch, FULL (2) for a durable one"
     assert meta.has_chunks(["c" * 64]) == {"c" * 64}, "a non-durable write is visible once done"
     meta.close()
+
+
+def test_a_batch_settles_each_callers_own_result_or_error_on_the_loop_and_in_threads(tmp_path):
+    meta = MetaStore(tmp_path / "meta.sqlite")
+    gate = threading.Event()
+
+    def hold(conn):  # the operations below queue behind it and commit as one batch
+        gate.wait(5)
+
+    def value(n):
+        return lambda conn: conn.execute("SELECT ?", (n,)).fetchone()[0]
+
+    def broken(conn):
+        raise ValueError("this one only")
+
+    async def main() -> None:
+        first = asyncio.ensure_future(meta.write(hold))
+        await asyncio.sleep(0.05)
+        writes = [asyncio.ensure_future(meta.write(value(n) if n % 5 else broken)) for n in range(1, 21)]
+        submitted = [meta.submit(value(100 + n)) for n in range(5)]  # a thread's callers, same batch
+        await asyncio.sleep(0.05)
+        gate.set()
+        await first
+        got = await asyncio.gather(*writes, return_exceptions=True)
+        for n, result in zip(range(1, 21), got, strict=True):
+            if n % 5:
+                assert result == n
+            else:
+                assert isinstance(result, ValueError) and str(result) == "this one only"
+        assert [f.result(5) for f in submitted] == [100, 101, 102, 103, 104]
+
+    asyncio.run(main())
+    late = asyncio.new_event_loop()  # a loop that closes before its write is settled
+    fut = late.create_future()
+    late.close()
+    meta._queue.put((value(7), fut, False))
+    assert meta.submit(value(8)).result(5) == 8, "the writer thread outlives a closed loop"
+    meta.close()
