@@ -107,9 +107,9 @@ LIVE_STATES = (MemberState.ALIVE, MemberState.SUSPECT)
 IssueFn = Callable[[Draft, "int | None"], Awaitable[Manifest]]
 
 
-def _fail_if_pending(fut: asyncio.Future[Any], error: BaseException) -> None:
+def _fail_if_pending(fut: asyncio.Future[Any], key: str, timeout: float) -> None:
     if not fut.done():
-        fut.set_exception(error)
+        fut.set_exception(ReplicasUnreachable(f"key {key!r}: no answer within {timeout:g} s"))
 
 
 @dataclass(frozen=True)
@@ -479,7 +479,8 @@ class IssuerService:
 
     async def _on_stream(self, request: StreamRequest) -> None:
         """A stream of frames from one master: the first came with the request, more follow on the
-        same connection, each a signed envelope of the same sender with a higher seq. No replies."""
+        same connection, each with the stream's MAC and a higher seq (or, when the first frame
+        offered no key, each a signed envelope of the same sender with a higher seq). No replies."""
         offer = request.body.get("k") if isinstance(request.body, dict) else None
         mac = stream_auth.FrameMac(stream_auth.answer(self.identity, request.public_key, offer)) if offer is not None else None
         self._take_frame(request.sender, request.body)
@@ -560,8 +561,8 @@ class IssuerService:
         self._pump()
         # The core answers every request by its deadline; this timer only guards against a bug
         # there (a plain timer: wait_for and shield cost more than the rest of this method).
-        late = ReplicasUnreachable(f"key {draft.key!r}: no answer within {self.config.commit_timeout:g} s")
-        guard = loop.call_later(self.config.commit_timeout + 5.0, _fail_if_pending, fut, late)
+        guard = loop.call_later(self.config.commit_timeout + 5.0, _fail_if_pending, fut, draft.key,
+                                self.config.commit_timeout)
         try:
             return await fut
         finally:
