@@ -83,17 +83,21 @@ def _claim(fut: Waiter) -> bool:
     return not fut.cancelled()
 
 
+def _resolve(fut: Waiter, ok: bool, value: Any) -> None:
+    if fut.done():  # an event loop's future whose caller was cancelled meanwhile
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
 def _settle(outcomes: list[tuple[Waiter, bool, Any]]) -> None:
     """Set each future's result or exception: concurrent ones here, each event loop's in one call."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Waiter, bool, Any]]] = {}
     for fut, ok, value in outcomes:
         if isinstance(fut, Future):
-            if fut.done():
-                continue
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+            _resolve(fut, ok, value)
         else:
             by_loop.setdefault(fut.get_loop(), []).append((fut, ok, value))
     for loop, items in by_loop.items():
@@ -103,14 +107,9 @@ def _settle(outcomes: list[tuple[Waiter, bool, Any]]) -> None:
             pass
 
 
-def _settle_on_loop(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+def _settle_on_loop(items: list[tuple[Waiter, bool, Any]]) -> None:
     for fut, ok, value in items:
-        if fut.done():  # its caller was cancelled meanwhile
-            continue
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
+        _resolve(fut, ok, value)
 
 
 class MetaStore:
@@ -163,9 +162,9 @@ class MetaStore:
             self._commit(batch)
 
     def _commit(self, batch: list[tuple[Operation, Waiter, bool]]) -> None:
-        # A caller that was cancelled while queued has no operation to run; claiming the others
-        # (running) means nobody can cancel them now, so setting their results cannot fail and
-        # kill this thread.
+        # A caller that was cancelled while queued has no operation to run. A claimed concurrent
+        # future can no longer be cancelled, and an event loop's is settled on its loop only if
+        # still pending, so setting results cannot fail and kill this thread.
         batch = [item for item in batch if _claim(item[1])]
         if not batch:
             return
