@@ -90,7 +90,6 @@ def main() -> int:
         converged(h)
         ids = {json.loads(Path(x.data_dir, "eltond.json").read_text())["node_id"]: x for x in h.hosts}
         writer = h.host("c1h1")
-        me = next(i for i, x in ids.items() if x.name == "c1h1")
         groups: dict[str, list[str]] = {"writer's host": [], "its cluster": [], "across the WAN": []}
         i = 0
         while min(len(v) for v in groups.values()) < 32 and i < 20000:
@@ -124,7 +123,6 @@ def main() -> int:
                 rows.append({"home": name, "writers": writers, "content": "unique" if args.unique else "same",
                              **{k: statistics.median(x[k] for x in runs) for k in ("p50_ms", "p99_ms", "per_s", "daemons_cpu_ms")},
                              "rounds": runs})
-        del me
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
     print(f"\nmedians of {args.rounds} runs\n| key's home | writers | p50 | p99 | commits/s | CPU per commit, daemons |\n|---|---|---|---|---|---|")
