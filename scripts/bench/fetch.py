@@ -7,6 +7,8 @@ A file of --size-mib is written on c1h2. Then, each a fresh version so nothing i
   again    a second GET on the cluster's cold reader (its copies, from a neighbour, are on disk)
   warm     a second GET on c2h2 (from its cache)
 Medians of --rounds; reads go to /dev/null through curl inside the reading host.
+Then, unless --no-ceiling, the same cold in-cluster read done with raw syscalls and no Elton code
+(scripts/bench/ceiling): what this machine allows, beside what eltond does, in one run.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ sys.path.insert(0, str(ROOT))
 from tests.harness.cold import chunk_hashes, cold_reader, eltonfs_cold_read  # noqa: E402
 from tests.harness.netns import Harness, rate_to_bits  # noqa: E402
 from tests.harness.test_mesh import converged  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ceiling  # noqa: E402
 
 
 def get(h: Harness, host: str, key: str, version: int) -> float:
@@ -75,6 +80,8 @@ def main() -> int:
     ap.add_argument("--wan-rate", default="200mbit")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "fetch.json")
+    ap.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run scripts/bench/ceiling's raw read path (default: yes)")
     args = ap.parse_args()
     res: dict[str, list[float]] = {"local": [], "cluster": [], "again": [], "wan": [], "warm": []}
     with tempfile.TemporaryDirectory(prefix="elton-fetch-") as work, Harness(Path(work), clusters=2, hosts=3,
@@ -98,10 +105,11 @@ def main() -> int:
         thesis = thesis_bytes(h, writer)
         efs = eltonfs_cold_read(h, "bench/vol", Path(tempfile.mkdtemp(prefix="elton-fetch-efs-", dir=h.dir)),
                                 args.wan_size_mib, "efs")
+    raw = ceiling.measure(args.size_mib, args.rounds) if args.ceiling else None
     med = {k: statistics.median(x) for k, x in res.items()}
     link = rate_to_bits(args.wan_rate) / 8
     report = {"median_bytes_per_s": med, "all": res, "wan_rate_bytes_per_s": link, "thesis": thesis,
-              "eltonfs_cold": efs,
+              "eltonfs_cold": efs, "ceiling": raw,
               "cluster_vs_local": med["cluster"] / med["local"], "wan_vs_link": med["wan"] / link}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
@@ -124,6 +132,11 @@ def main() -> int:
 | through eltonfs (fresh mount, empty cache) | {efs['eltonfs'] / 1e6:.0f} MB/s ({efs['eltonfs'] / efs['fetch']:.0%} of the next line) |
 | the host's own fetch (GET of a fresh version of the same size) | {efs['fetch'] / 1e6:.0f} MB/s |
 """)
+    if raw is not None:
+        kept = statistics.median(raw["direct"])
+        print(ceiling.table(raw))
+        print(f"\nThe raw read that keeps its copy with O_DIRECT: {kept / med['local']:.0%} of eltond's local GET; "
+              f"eltond's cold read: {report['cluster_vs_local']:.0%}.")
     return 0
 
 
