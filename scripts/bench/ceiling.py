@@ -150,13 +150,17 @@ class Pair:
 
     def __enter__(self) -> Pair:
         run = lambda *argv: subprocess.run(argv, check=True)  # noqa: E731
-        run("ip", "netns", "add", self.a)
-        run("ip", "netns", "add", self.b)
-        run("ip", "link", "add", "vceila", "netns", self.a, "type", "veth", "peer", "name", "vceilb", "netns", self.b)
-        for ns, dev, ip in ((self.a, "vceila", "10.96.0.1/24"), (self.b, "vceilb", "10.96.0.2/24")):
-            run("ip", "-n", ns, "addr", "add", ip, "dev", dev)
-            run("ip", "-n", ns, "link", "set", dev, "up")
-            run("ip", "-n", ns, "link", "set", "lo", "up")
+        try:
+            run("ip", "netns", "add", self.a)
+            run("ip", "netns", "add", self.b)
+            run("ip", "link", "add", "vceila", "netns", self.a, "type", "veth", "peer", "name", "vceilb", "netns", self.b)
+            for ns, dev, ip in ((self.a, "vceila", "10.96.0.1/24"), (self.b, "vceilb", "10.96.0.2/24")):
+                run("ip", "-n", ns, "addr", "add", ip, "dev", dev)
+                run("ip", "-n", ns, "link", "set", dev, "up")
+                run("ip", "-n", ns, "link", "set", "lo", "up")
+        except BaseException:
+            self.__exit__()  # a half-built pair is not left behind
+            raise
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -197,6 +201,7 @@ def measure(size_mib: int = 1024, rounds: int = 3, piece_kib: int = 640, work: P
         with open(src, "wb") as f:
             for _ in range(size_mib):
                 f.write(os.urandom(1 << 20))
+        want = _digest(src)
         holder = pair.popen(pair.a, "--role", "holder", str(src))
         try:
             for _ in range(rounds):
@@ -209,7 +214,7 @@ def measure(size_mib: int = 1024, rounds: int = 3, piece_kib: int = 640, work: P
                     res[store].append(pair.curl(pair.b, RELAY_PORT))
                     if relay.wait(timeout=120) != 0:
                         raise SystemExit(f"relay ({store}) failed")
-                    if store != "none" and _digest(copy) != _digest(src):
+                    if store != "none" and _digest(copy) != want:
                         raise SystemExit(f"relay ({store}) kept a copy unlike the file")
                 print({k: f"{v[-1] / 1e6:.0f} MB/s" for k, v in res.items()}, file=sys.stderr)
         finally:

@@ -4,11 +4,12 @@ and it leaves no network namespace behind."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.harness.netns import list_netns
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "bench"))
 import ceiling  # noqa: E402
@@ -18,8 +19,7 @@ pytestmark = [pytest.mark.root,
 
 
 def _namespaces() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.startswith("eltceil-")}
+    return {ns for ns in list_netns() if ns.startswith("eltceil-")}
 
 
 def test_each_way_reads_the_whole_file_and_keeps_exact_copies(tmp_path: Path) -> None:
